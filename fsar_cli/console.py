@@ -1,0 +1,98 @@
+"""Rich console, logging, the progress-bar helper and the CLI error boundary.
+
+Only the CLI layer imports this module: library code logs through ``logging`` and reports progress
+through an ``on_progress(n=1, *, total=None, label=None)`` callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from .errors import FsarError
+
+__all__ = ["console", "err_console", "cli_errors", "progress", "setup_logging", "debug_enabled"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+#: ``on_progress(n=1, *, total=None, label=None)``: advance the bar by ``n`` steps; ``total`` (when
+#: not None) sets the bar's total; ``label`` (when not None) sets the status text after the bar.
+ProgressCallback = Callable[..., None]
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("FSAR_DEBUG", "").strip() not in ("", "0", "false", "no")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose or debug_enabled() else logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=err_console, show_path=False, markup=False)],
+        force=True,
+    )
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn an :class:`FsarError` into one red line on stderr and exit code 1.
+
+    With ``FSAR_DEBUG=1`` the exception propagates with its full traceback.
+    """
+    try:
+        yield
+    except FsarError as exc:
+        if debug_enabled():
+            raise
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1) from None
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]: finished work is kept; rerun to resume.")
+        raise typer.Exit(code=130) from None
+
+
+@contextmanager
+def progress(description: str, total: int | None = None) -> Iterator[ProgressCallback]:
+    """A Rich progress bar; yields the ``on_progress`` callback that library functions take."""
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=err_console,
+        transient=False,
+        disable=os.environ.get("FSAR_NO_PROGRESS", "") not in ("", "0"),
+    )
+    with bar:
+        task = bar.add_task(description, total=total, status="")
+
+        def advance(n: int = 1, *, total: int | None = None, label: str | None = None) -> None:
+            kwargs: dict[str, object] = {}
+            if total is not None:
+                kwargs["total"] = total
+            if label is not None:
+                kwargs["status"] = label
+            bar.update(task, advance=n, **kwargs)  # type: ignore[arg-type]
+
+        yield advance

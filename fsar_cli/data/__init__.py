@@ -1,0 +1,1 @@
+"""Data: split files, video decoding, frame extraction, dataset checks and synthetic datasets."""
