@@ -1,0 +1,184 @@
+"""Reading frames: video files through OpenCV, frame folders of JPEGs, and temporal sampling.
+
+Frame counts always come from what actually decodes, never from the container's declared count
+(real files declare frames they do not contain). Frames are RGB uint8 ``[H, W, 3]``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+__all__ = [
+    "VIDEO_EXTS",
+    "FRAME_EXTS",
+    "iter_video_frames",
+    "decode_video",
+    "list_frame_files",
+    "read_frame_files",
+    "read_frames",
+    "count_frames",
+    "sample_indices",
+    "is_frame_folder",
+]
+
+VIDEO_EXTS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
+FRAME_EXTS = (".jpg", ".jpeg", ".png")
+_NUM = re.compile(r"(\d+)")
+
+
+def _cv2():  # imported lazily: the CLI's --help must not pay for OpenCV
+    import cv2
+
+    cv2.setNumThreads(1)
+    return cv2
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise DataError(f"{path}: file does not exist")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a video file")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: cannot be read (permission denied); fix its permissions")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty (0 bytes); re-download or remove it")
+
+
+def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
+    """Yield every decodable frame of a video as RGB uint8 ``[H, W, 3]``, in order.
+
+    Raises:
+        DataError: the file is missing, empty, unreadable, or not a video OpenCV can open.
+    """
+    path = Path(path)
+    _check_readable(path)
+    cv2 = _cv2()
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise DataError(f"{path}: not a video OpenCV can open (corrupt or unsupported codec)")
+        while True:
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                break
+            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    finally:
+        cap.release()
+
+
+def decode_video(path: str | Path) -> list[np.ndarray]:
+    """All decodable frames of a video (RGB uint8). Raises DataError if none decode."""
+    frames = list(iter_video_frames(path))
+    if not frames:
+        raise DataError(f"{path}: no frame decodes (truncated or corrupt video)")
+    return frames
+
+
+def _frame_sort_key(p: Path) -> tuple[int, str]:
+    m = _NUM.findall(p.stem)
+    return (int(m[-1]) if m else -1, p.name)
+
+
+def is_frame_folder(path: str | Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and any(p.suffix.lower() in FRAME_EXTS for p in path.iterdir())
+
+
+def list_frame_files(folder: str | Path) -> list[Path]:
+    """Image files of a frame folder in frame order (by the number in the name)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: frame folder does not exist; run `fsar extract` first")
+    files = [p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTS and p.is_file()]
+    if not files:
+        raise DataError(f"{folder}: frame folder holds no .jpg/.png frames")
+    return sorted(files, key=_frame_sort_key)
+
+
+def read_frame_files(files: list[Path]) -> list[np.ndarray]:
+    """Read image files as RGB uint8 arrays; an unreadable image is a DataError naming it."""
+    cv2 = _cv2()
+    out = []
+    for f in files:
+        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if img is None:
+            raise DataError(f"{f}: image does not decode (corrupt or truncated file)")
+        out.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+    return out
+
+
+def count_frames(source: str | Path) -> int:
+    """Frames available in a frame folder, or frames that actually decode in a video file."""
+    source = Path(source)
+    if source.is_dir():
+        return len(list_frame_files(source))
+    return sum(1 for _ in iter_video_frames(source))
+
+
+def read_frames(source: str | Path, indices: list[int] | np.ndarray | None = None) -> list[np.ndarray]:
+    """Frames ``indices`` (0-based) of a frame folder or video file; all frames if None.
+
+    For a video the whole file is decoded once (sequential decoding is what codecs do well) and the
+    wanted frames are kept, so repeated indices cost nothing extra.
+    """
+    source = Path(source)
+    if source.is_dir():
+        files = list_frame_files(source)
+        if indices is None:
+            return read_frame_files(files)
+        idx = [int(i) for i in indices]
+        if idx and max(idx) >= len(files):
+            raise DataError(f"{source}: frame {max(idx)} asked for but only {len(files)} exist")
+        uniq = sorted(set(idx))
+        loaded = dict(zip(uniq, read_frame_files([files[i] for i in uniq])))
+        return [loaded[i] for i in idx]
+    if indices is None:
+        return decode_video(source)
+    idx = [int(i) for i in indices]
+    wanted = set(idx)
+    kept: dict[int, np.ndarray] = {}
+    n = 0
+    for n, frame in enumerate(iter_video_frames(source)):
+        if n in wanted:
+            kept[n] = frame
+        if len(kept) == len(wanted):
+            break
+    missing = wanted - kept.keys()
+    if missing:
+        raise DataError(f"{source}: frame {max(missing)} asked for but only {n + 1} decode")
+    return [kept[i] for i in idx]
+
+
+def sample_indices(
+    n_available: int, num_frames: int, mode: str = "center", rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """Pick ``num_frames`` frame indices from ``n_available``: one per segment of equal length.
+
+    ``center`` takes the middle frame of each segment (deterministic); ``random`` a uniformly random
+    frame inside each segment (the reference's sampling for SSv2, UCF101 and HMDB51, train and test).
+    Videos shorter than ``num_frames`` repeat frames (segments shorter than one frame).
+
+    Returns:
+        int64 [num_frames], non-decreasing, each in ``[0, n_available)``.
+    """
+    if n_available <= 0:
+        raise DataError(f"cannot sample {num_frames} frames from a video with {n_available} frames")
+    if mode not in ("center", "random"):
+        raise DataError(f"unknown sampling mode {mode!r}; use 'center' or 'random'")
+    edges = np.linspace(0.0, float(n_available), num_frames + 1)  # segment boundaries
+    lo, hi = edges[:-1], edges[1:]
+    if mode == "center":
+        pos = (lo + hi) / 2.0
+    else:
+        if rng is None:
+            raise DataError("random sampling needs a seeded numpy Generator (rng)")
+        pos = lo + rng.random(num_frames) * (hi - lo)
+    idx = np.floor(pos).astype(np.int64)
+    return np.clip(idx, 0, n_available - 1)
