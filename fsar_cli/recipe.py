@@ -152,7 +152,7 @@ class TrainCfg:
     episodes_per_step: int = 16
     lr: float = 1e-5
     warmup_lr: float = 1e-6
-    lr_step: int = 175
+    lr_step: float = 175.0
     weight_decay: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     lambda_vt: float = 1.2
@@ -196,16 +196,21 @@ class Recipe:
     source_path: str | None = field(default=None, compare=False)
 
     def split_dir(self) -> Path:
-        """The folder holding ``{train,val,test}_few_shot.txt``: recipe key, $FSAR_SPLITS, or cache."""
-        base = self.data.split_dir or os.environ.get("FSAR_SPLITS")
-        if base is None:
-            base = str(Path.home() / ".cache" / "fsar" / "splits")
-        path = Path(os.path.expanduser(base))
-        if self.data.split_name and (path / self.data.split_name).is_dir():
-            return path / self.data.split_name
-        if self.data.split_name and not (path / "train_few_shot.txt").exists():
-            return path / self.data.split_name
-        return path
+        """The folder holding ``{train,val,test}_few_shot.txt``.
+
+        ``data.split_dir`` if set (the folder itself, or a parent holding ``<split_name>/``), else
+        ``$FSAR_SPLITS/<split_name>``, else ``~/.cache/fsar/splits/<split_name>`` (where
+        ``fsar splits download`` puts them).
+        """
+        if self.data.split_dir:
+            path = Path(os.path.expanduser(self.data.split_dir))
+            if any((path / f"{s}_few_shot.txt").exists() for s in SPLITS):
+                return path
+            if self.data.split_name and (path / self.data.split_name).is_dir():
+                return path / self.data.split_name
+            return path
+        base = os.environ.get("FSAR_SPLITS") or str(Path.home() / ".cache" / "fsar" / "splits")
+        return Path(os.path.expanduser(base)) / self.data.split_name
 
 
 # --------------------------------------------------------------------------- conversion
