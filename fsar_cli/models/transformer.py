@@ -1,0 +1,96 @@
+"""CLIP-FSAR's temporal Transformer layer (prototype modulation) and fsar's frozen-mode adapter.
+
+``TemporalTransformer`` is the reference's ``Transformer_v1`` at depth 1 (Wang et al., "CLIP-guided
+Prototype Modulating for Few-shot Action Recognition", IJCV 2023; docs/METHOD.md section 2): one
+shared pre-LayerNorm, bias-free q/k/v, multi-head softmax attention, output projection with bias and
+dropout, residual; then Linear-GELU-Dropout-Linear-Dropout, residual. No positional encoding and no
+final norm. Submodule names follow the reference so a checkpoint maps by prefix
+(``head.context2.layers.0.0.fn.`` -> ``transformer.``, ``...0.0.norm.`` -> ``transformer.norm.``,
+``...0.1.net.`` -> ``transformer.ffn.``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["TemporalTransformer", "ResidualAdapter"]
+
+
+class TemporalTransformer(nn.Module):
+    """One pre-norm Transformer layer over a sequence of frame (and text) tokens.
+
+    Args:
+        dim: token width D.
+        num_heads: attention heads (8 in the reference); must divide ``dim``.
+        ffn_dim: hidden width of the feed-forward block (2048).
+        attn_dropout: dropout after the attention output projection (0.2).
+        ffn_dropout: dropout after the GELU and after the second linear (0.05).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        ffn_dim: int = 2048,
+        attn_dropout: float = 0.2,
+        ffn_dropout: float = 0.05,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"num_heads={num_heads} must divide the feature width {dim}")
+        self.num_heads = num_heads
+        self.norm = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(dim, dim, bias=False)
+        self.to_v = nn.Linear(dim, dim, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(attn_dropout))
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, ffn_dim),
+            nn.GELU(),  # exact (erf) GELU, as nn.GELU() in the reference
+            nn.Dropout(ffn_dropout),
+            nn.Linear(ffn_dim, dim),
+            nn.Dropout(ffn_dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., L, D]`` -> ``[..., L, D]`` (any leading dims; each sequence attends to itself)"""
+        lead, (length, dim) = x.shape[:-2], x.shape[-2:]
+        x = x.reshape(-1, length, dim)  # [B, L, D]
+        h = self.num_heads
+        n = self.norm(x)  # the same normalised sequence is used as q, k and v
+        # one matmul for q, k, v: [B, L, 3D]
+        w = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight], dim=0)
+        q, k, v = F.linear(n, w).chunk(3, dim=-1)
+        # [B, L, D] -> [B, h, L, D/h]
+        q, k, v = (t.reshape(-1, length, h, dim // h).transpose(1, 2) for t in (q, k, v))
+        att = F.scaled_dot_product_attention(q, k, v)  # softmax(q kᵀ / sqrt(D/h)) v
+        att = att.transpose(1, 2).reshape(-1, length, dim)  # [B, h, L, D/h] -> [B, L, D]
+        x = x + self.to_out(att)
+        x = x + self.ffn(x)
+        return x.reshape(*lead, length, dim)
+
+
+class ResidualAdapter(nn.Module):
+    """``x + fc2(GELU(fc1(LayerNorm(x))))`` per frame; ``fc2`` starts at zero (identity at start).
+
+    fsar's trainable stand-in for the visual tower in the frozen mode (see ``CLIPFSARHead``).
+
+    Args:
+        dim: feature width D.
+        hidden: bottleneck width.
+    """
+
+    def __init__(self, dim: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., D]`` -> ``[..., D]``."""
+        return x + self.fc2(self.act(self.fc1(self.norm(x))))

@@ -1,0 +1,150 @@
+"""OTAM, cosine and frame distances: by hand, against a literal naive loop, shapes and gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fsar_cli.models import cos_sim, frame_distances, otam_distance
+
+
+def _smin(lam: float, *vals: float) -> float:
+    return -lam * math.log(sum(math.exp(-v / lam) for v in vals))
+
+
+def _naive_otam(d: list[list[float]], lam: float) -> float:
+    """METHOD.md section 3 literally, one matrix, python floats, naive exp/log."""
+    lq, ls = len(d), len(d[0])
+    dp = [[0.0] + row + [0.0] for row in d]  # one zero column on each side
+    c = [[0.0] * (ls + 2) for _ in range(lq)]
+    for m in range(1, ls + 2):
+        c[0][m] = dp[0][m] + c[0][m - 1]
+    for row in range(1, lq):
+        c[row][1] = dp[row][1] + _smin(lam, c[row - 1][0], c[row - 1][1], c[row][0])
+        for m in range(2, ls + 1):
+            c[row][m] = dp[row][m] + _smin(lam, c[row - 1][m - 1], c[row][m - 1])
+        m = ls + 1
+        c[row][m] = 0.0 + _smin(lam, c[row - 1][m - 1], c[row - 1][m], c[row][m - 1])
+    return c[lq - 1][ls + 1]
+
+
+def _naive_batch(d: torch.Tensor, lam: float) -> torch.Tensor:
+    flat = d.reshape(-1, *d.shape[-2:]).double()
+    out = [_naive_otam(m.tolist(), lam) for m in flat]
+    return torch.tensor(out, dtype=torch.float64).reshape(d.shape[:-2])
+
+
+def test_otam_3x3_by_hand() -> None:
+    lam = 0.5
+    d = [[0.2, 1.1, 0.7], [0.9, 0.3, 1.4], [0.5, 1.2, 0.1]]
+    s = lambda *v: _smin(lam, *v)  # noqa: E731
+    # row 0: running sum over the padded row [0, d00, d01, d02, 0]
+    c01 = d[0][0]
+    c02 = c01 + d[0][1]
+    c03 = c02 + d[0][2]
+    c04 = c03
+    # row 1 (column 0 stays 0)
+    c11 = d[1][0] + s(0.0, c01, 0.0)
+    c12 = d[1][1] + s(c01, c11)
+    c13 = d[1][2] + s(c02, c12)
+    c14 = s(c03, c04, c13)
+    # row 2
+    c21 = d[2][0] + s(0.0, c11, 0.0)
+    c22 = d[2][1] + s(c11, c21)
+    c23 = d[2][2] + s(c12, c22)
+    c24 = s(c13, c14, c23)
+    got = otam_distance(torch.tensor(d), lam)
+    assert got.shape == ()
+    assert got.item() == pytest.approx(c24, abs=1e-6)
+    assert _naive_otam(d, lam) == pytest.approx(c24, abs=1e-12)
+    # the transposed direction, also by the naive loop
+    dt = [list(r) for r in zip(*d, strict=True)]
+    both = otam_distance(torch.tensor(d), lam, bidirectional=True)
+    assert both.item() == pytest.approx(c24 + _naive_otam(dt, lam), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shape,lam",
+    [((4, 5, 8, 8), 0.5), ((3, 8, 8), 0.1), ((6, 5, 7), 0.5), ((2, 1, 6), 0.5), ((2, 6, 1), 0.3)],
+)
+def test_otam_matches_naive_loop(shape: tuple[int, ...], lam: float) -> None:
+    g = torch.Generator().manual_seed(sum(shape))
+    d = torch.rand(shape, generator=g) * 2  # 1 - cos lies in (0, 2)
+    want = _naive_batch(d, lam)
+    got = otam_distance(d, lam)
+    assert got.dtype == torch.float32 and got.shape == shape[:-2]
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0)
+    # float64 input stays float64 and agrees to rounding
+    torch.testing.assert_close(otam_distance(d.double(), lam), want, atol=1e-10, rtol=0)
+
+
+def test_bidirectional_is_sum_of_directions() -> None:
+    g = torch.Generator().manual_seed(1)
+    sq = torch.rand(3, 4, 8, 8, generator=g) * 2
+    rect = torch.rand(3, 5, 6, generator=g) * 2
+    for d in (sq, rect):
+        want = otam_distance(d) + otam_distance(d.transpose(-1, -2))
+        torch.testing.assert_close(otam_distance(d, bidirectional=True), want)
+        naive = _naive_batch(d, 0.5) + _naive_batch(d.transpose(-1, -2), 0.5)
+        torch.testing.assert_close(
+            otam_distance(d, bidirectional=True).double(), naive, atol=2e-5, rtol=0
+        )
+
+
+@pytest.mark.parametrize("lead", [(), (7,), (2, 3, 4)])
+def test_batched_shapes_equal_per_matrix(lead: tuple[int, ...]) -> None:
+    g = torch.Generator().manual_seed(3)
+    d = torch.rand(*lead, 8, 8, generator=g) * 2
+    got = otam_distance(d, bidirectional=True)
+    assert got.shape == lead
+    flat = d.reshape(-1, 8, 8)
+    one_by_one = torch.stack([otam_distance(m, bidirectional=True) for m in flat])
+    torch.testing.assert_close(got.reshape(-1), one_by_one)
+
+
+def test_half_input_computes_in_float32() -> None:
+    d = torch.rand(4, 8, 8) * 2
+    assert otam_distance(d.half()).dtype == torch.float32
+
+
+def test_stable_where_naive_exp_underflows() -> None:
+    # every soft-min term above ~104 * lambda: exp underflows in the naive float32 form, the
+    # log-sum-exp form stays finite and equals the float64 naive loop
+    d = torch.full((3, 3), 6.0)
+    naive32 = torch.exp(torch.tensor([-6.0, -12.0]) / 0.05)
+    assert naive32.sum() == 0  # the reference's form would take log(0)
+    got = otam_distance(d, lam=0.05)
+    assert torch.isfinite(got)
+    assert got.item() == pytest.approx(_naive_otam(d.tolist(), 0.05), rel=1e-6)
+
+
+def test_otam_gradcheck() -> None:
+    d = (torch.rand(2, 4, 5, dtype=torch.float64) * 2).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: otam_distance(x, 0.5, bidirectional=True), (d,))
+
+
+def test_otam_rejects_bad_lambda() -> None:
+    with pytest.raises(ValueError):
+        otam_distance(torch.rand(8, 8), lam=0.0)
+
+
+def test_cos_sim_epsilon_on_norm_product() -> None:
+    x = torch.tensor([[3.0, 4.0]])  # |x| = 5
+    y = torch.tensor([[6.0, 8.0], [0.0, 1.0]])  # |y| = 10, 1
+    got = cos_sim(x, y)
+    want = torch.tensor([[50.0 / (50.0 + 0.01), 4.0 / (5.0 + 0.01)]])
+    torch.testing.assert_close(got, want)
+
+
+def test_frame_distances_layout() -> None:
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 3, 4, 6, generator=g)  # [E, Nq, T, D]
+    p = torch.randn(2, 5, 4, 6, generator=g)  # [E, W, T, D]
+    d = frame_distances(q, p)
+    assert d.shape == (2, 3, 5, 4, 4)
+    for e, i, j, a, b in [(0, 0, 0, 0, 0), (1, 2, 4, 3, 1), (0, 1, 3, 2, 3)]:
+        x, y = q[e, i, a], p[e, j, b]
+        want = 1 - (x @ y) / (x.norm() * y.norm() + 0.01)
+        assert d[e, i, j, a, b].item() == pytest.approx(want.item(), abs=1e-6)
