@@ -1,0 +1,565 @@
+"""Evaluation: mean accuracy and 95% CI over seeded W-way K-shot test episodes (METHOD.md §6).
+
+The hot spot is :func:`episode_accuracies`. Everything that does not depend on the episode is done
+once per video: the query encoding (Transformer on the T frame tokens) and, for 1-shot or
+merge-after heads, the support encoding with the video's own class text (in an episode a support
+video's text token is always the text of its own class, so this is exact). Per episode only the
+merge-before prototypes (K > 1) and the matching (cosine + bidirectional OTAM) remain, batched over
+blocks of episodes. Per-video work runs in fixed-size groups of sorted videos and matching in
+blocks of a fixed maximum size, so the arithmetic does not depend on the ``chunk`` argument.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .episodes import EpisodeBatch, EpisodeSampler, load_episodes
+from .episodes import save_episodes as _save_episodes
+from .errors import CacheError, CheckpointError, EpisodeError
+from .metrics import accuracy, mean_and_ci95
+from .recipe import Recipe
+from .results import git_sha
+from .store import FeatureStore, store_path
+
+__all__ = [
+    "EvalResult",
+    "evaluate",
+    "episode_accuracies",
+    "episode_logits",
+    "loop_episode_accuracies",
+    "load_eval_head",
+    "resolve_checkpoint",
+]
+
+log = logging.getLogger(__name__)
+
+_GROUP = 256  # sequences per encoder call: fixed, so an encoding never depends on the batch
+_MATCH_BLOCK = 64  # episodes per match call at most: small blocks stay in cache (~25% faster)
+ProgressFn = Callable[..., None]
+
+
+# --------------------------------------------------------------------------- the fast path
+
+
+def _has_decomposition(head: torch.nn.Module) -> bool:
+    return all(callable(getattr(head, n, None)) for n in ("encode_query", "prototypes", "match"))
+
+
+def _per_video_support(head: torch.nn.Module, k_shot: int) -> bool:
+    """Whether prototypes are the mean of per-video ``encode_support`` outputs (1-shot or
+    merge-after) and the head implements ``encode_support`` itself (the text head, for one,
+    builds its prototypes from text alone and keeps the base class's identity)."""
+    from .models.registry import FewShotHead
+
+    if k_shot > 1 and bool(getattr(head, "merge_before", False)):
+        return False
+    return getattr(type(head), "encode_support", None) is not FewShotHead.encode_support
+
+
+def _check_text(head: torch.nn.Module, text: np.ndarray, classes: np.ndarray) -> None:
+    if not getattr(head, "uses_text", False):
+        return
+    used = np.unique(classes)
+    bad = used[np.isnan(np.asarray(text)[used]).any(axis=1)]
+    if len(bad):
+        raise CacheError(
+            f"head {getattr(head, 'name', '?')!r} needs class text but classes {bad[:5].tolist()} "
+            "have no text feature (unknown class name in the recipe); add the names under "
+            "data.classes and re-run `fsar cache`, or evaluate a head without text"
+        )
+
+
+def _encode_videos(
+    fn: Callable[[torch.Tensor, np.ndarray], torch.Tensor],
+    features: np.ndarray,
+    ids: np.ndarray,
+    device: str,
+) -> torch.Tensor:
+    """Run ``fn`` over videos ``ids`` (flat row * V + view, sorted) in fixed groups -> [U, T, D]."""
+    V = features.shape[1]
+    out: torch.Tensor | None = None
+    for a in range(0, len(ids), _GROUP):
+        part = ids[a : a + _GROUP]
+        x = np.asarray(features[part // V, part % V], dtype=np.float32)  # (G, T, D)
+        enc = fn(torch.from_numpy(x).to(device), part)  # (G, T, D)
+        if out is None:
+            out = enc.new_empty((len(ids), *enc.shape[1:]))  # (U, T, D)
+        out[a : a + len(part)] = enc
+    if out is None:
+        raise EpisodeError("no videos to encode: the episode batch is empty")
+    return out
+
+
+def _take(enc: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """``enc[rows]`` for an index array ``rows`` [e, n]: [U, T, D] -> [e, n, T, D]."""
+    idx = torch.from_numpy(np.ascontiguousarray(rows).reshape(-1)).to(enc.device)
+    return torch.index_select(enc, 0, idx).reshape(*rows.shape, *enc.shape[1:])
+
+
+def _fast_logits(
+    head: torch.nn.Module,
+    features: np.ndarray,
+    text: torch.Tensor,
+    batch: EpisodeBatch,
+    device: str,
+    chunk: int,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yields ``(a, b, logits [b - a, W*Q, W])`` for consecutive blocks of episodes."""
+    E, W, K = len(batch), batch.n_way, batch.k_shot
+    V = features.shape[1]
+    uses_text = bool(getattr(head, "uses_text", False))
+    per_video = _per_video_support(head, K)
+
+    # Queries: every distinct (video, view) encoded once. (E, W*Q) -> flat ids + inverse
+    q_ids, q_inv = np.unique(batch.query_rows * V + batch.query_views, return_inverse=True)
+    q_inv = q_inv.reshape(batch.query_rows.shape)
+    q_enc = _encode_videos(lambda x, _ids: head.encode_query(x), features, q_ids, device)
+
+    s_enc = s_inv = None
+    if per_video:
+        # Supports with their own class text; the class of a slot is its episode class.
+        s_flat = batch.support_rows * V + batch.support_views  # (E, W*K)
+        s_ids, first, s_inv = np.unique(s_flat, return_index=True, return_inverse=True)
+        s_inv = s_inv.reshape(s_flat.shape)
+        s_cls = np.repeat(batch.classes, K, axis=1).reshape(-1)[first]  # (U,) global class ids
+        cls_of = dict(zip(s_ids.tolist(), s_cls.tolist(), strict=True))
+
+        def enc_support(x: torch.Tensor, ids: np.ndarray) -> torch.Tensor:
+            t = text[torch.as_tensor([cls_of[i] for i in ids.tolist()])] if uses_text else None
+            return head.encode_support(x, t)
+
+        s_enc = _encode_videos(enc_support, features, s_ids, device)
+
+    for a in range(0, E, chunk):
+        b = min(a + chunk, E)
+        qe = _take(q_enc, q_inv[a:b])  # (e, W*Q, T, D)
+        if not per_video:
+            protos = _prototypes(head, features, text, batch.slice(a, b), device)  # (e, W, T, D)
+        else:
+            se = _take(s_enc, s_inv[a:b])  # (e, W*K, T, D)
+            protos = se.reshape(b - a, W, K, *se.shape[-2:])  # (e, W, K, T, D)
+            protos = protos[:, :, 0] if K == 1 else protos.mean(dim=2)  # (e, W, T, D)
+        yield a, b, head.match(qe, protos)  # (e, W*Q, W)
+
+
+def _prototypes(
+    head: torch.nn.Module,
+    features: np.ndarray,
+    text: torch.Tensor,
+    batch: EpisodeBatch,
+    device: str,
+) -> torch.Tensor:
+    """``head.prototypes`` of a chunk of episodes (merge-before, text-only), in fixed groups.
+
+    Returns [e, W, T, D].
+    """
+    uses_text = bool(getattr(head, "uses_text", False))
+    W, K = batch.n_way, batch.k_shot
+    step = max(1, _GROUP // W)
+    out = []
+    for a in range(0, len(batch), step):
+        part = batch.slice(a, min(a + step, len(batch)))
+        s, _ = part.gather(features)  # (g, W*K, T, D)
+        s = (
+            torch.from_numpy(s).to(device).reshape(len(part), W, K, *s.shape[-2:])
+        )  # (g, W, K, T, D)
+        t = text[torch.from_numpy(part.classes)] if uses_text else None  # (g, W, D)
+        out.append(head.prototypes(s, t))
+    return torch.cat(out)
+
+
+def episode_accuracies(
+    head: torch.nn.Module,
+    features: np.ndarray,
+    text: np.ndarray,
+    batch: EpisodeBatch,
+    *,
+    device: str = "cpu",
+    chunk: int = 500,
+    on_progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """Accuracy of every episode of ``batch`` (the fast evaluator).
+
+    The head is evaluated in eval mode under ``torch.inference_mode`` (its train/eval mode is
+    restored afterwards). Gives the same per-episode accuracies as :func:`loop_episode_accuracies`.
+
+    Args:
+        head: a head from :func:`fsar_cli.models.create_head` (on ``device``).
+        features: a store's [videos, V, T, D] array (memmap; float16 is fine).
+        text: the store's [C, D] class text table (row = class id).
+        batch: the episodes (store rows).
+        chunk: at most this many episodes are matched per step (bounds memory; results do not
+            depend on it).
+        on_progress: called with the number of episodes finished after each chunk.
+    Returns:
+        float64 [E], fraction of correct queries per episode.
+    """
+    if not _has_decomposition(head):
+        raise TypeError(
+            f"{type(head).__name__} lacks encode_query/prototypes/match (subclass FewShotHead)"
+        )
+    _check_text(head, text, batch.classes)
+    was_training = head.training
+    head.eval()
+    try:
+        with torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32)).to(device)
+            step = max(1, min(int(chunk), _MATCH_BLOCK))
+            labels = batch.query_labels
+            accs = np.empty(len(batch), dtype=np.float64)
+            for a, b, logits in _fast_logits(head, features, t, batch, device, step):
+                accs[a:b] = accuracy(logits.float().cpu().numpy(), labels[a:b])
+                if on_progress is not None:
+                    on_progress(b - a)
+            return accs
+    finally:
+        head.train(was_training)
+
+
+def episode_logits(
+    head: torch.nn.Module,
+    features: np.ndarray,
+    text: np.ndarray,
+    batch: EpisodeBatch,
+    *,
+    device: str = "cpu",
+    chunk: int = 500,
+) -> np.ndarray:
+    """The fast evaluator's logits (as :func:`episode_accuracies`, before the arg-max).
+
+    Returns:
+        float32 [E, W*Q, W]; column j is episode class j (``batch.classes[:, j]``).
+    """
+    _check_text(head, text, batch.classes)
+    was_training = head.training
+    head.eval()
+    try:
+        with torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32)).to(device)
+            step = max(1, min(int(chunk), _MATCH_BLOCK))
+            blocks = _fast_logits(head, features, t, batch, device, step)
+            return np.concatenate([lg.float().cpu().numpy() for _, _, lg in blocks])
+    finally:
+        head.train(was_training)
+
+
+def loop_episode_accuracies(
+    head: torch.nn.Module,
+    features: np.ndarray,
+    text: np.ndarray,
+    batch: EpisodeBatch,
+    *,
+    device: str = "cpu",
+) -> np.ndarray:
+    """The straightforward evaluator: ``head.episode_logits`` on one episode at a time.
+
+    Slow; the reference the fast path is tested and benchmarked against. Returns float64 [E].
+    """
+    was_training = head.training
+    head.eval()
+    accs = np.empty(len(batch), dtype=np.float64)
+    try:
+        with torch.inference_mode():
+            for e in range(len(batch)):
+                s, q = batch.slice(e, e + 1).gather(features)  # (1, W*K, T, D), (1, W*Q, T, D)
+                logits = head.episode_logits(
+                    torch.from_numpy(s[0]).to(device),
+                    torch.from_numpy(batch.support_labels[e]).to(device),
+                    torch.from_numpy(q[0]).to(device),
+                    torch.from_numpy(np.asarray(text[batch.classes[e]], np.float32)).to(device),
+                )  # (W*Q, W)
+                accs[e] = accuracy(logits.float().cpu().numpy(), batch.query_labels[e])
+    finally:
+        head.train(was_training)
+    return accs
+
+
+# --------------------------------------------------------------------------- heads and checkpoints
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder's ``best.pt`` (else ``last.pt``)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise CheckpointError(
+            f"run folder {str(p)!r} has no best.pt or last.pt; train first (`fsar train`) or "
+            "pass the checkpoint file itself"
+        )
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {str(p)!r} does not exist (pass a run folder or a file)")
+    return p
+
+
+def load_eval_head(
+    recipe: Recipe,
+    dim: int,
+    *,
+    head_name: str | None = None,
+    checkpoint: str | Path | None = None,
+    device: str = "cpu",
+    trust: bool = False,
+) -> tuple[torch.nn.Module, str | None]:
+    """The head to evaluate: from a checkpoint (fsar's or the reference's) or a baseline.
+
+    Args:
+        dim: the store's feature width D (the head must match it).
+        head_name: the head to build; default the checkpoint's head, else ``recipe.model.head``.
+        checkpoint: a run folder or a checkpoint file; required for trainable heads.
+        trust: allow arbitrary unpickling of a reference checkpoint that needs it.
+    Returns:
+        (head in eval mode on ``device``, the checkpoint file used or None).
+    """
+    from .models import create_head, load_head_checkpoint, load_reference_checkpoint
+
+    if checkpoint is None:
+        name = head_name or recipe.model.head
+        head = create_head(name, dim, recipe.model)
+        if head.trainable:
+            raise CheckpointError(
+                f"head {name!r} has trained parameters: train it first (`fsar train "
+                f"{recipe.name}`) or pass --checkpoint RUN_OR_FILE; untrained baselines: "
+                "proto, otam, text"
+            )
+        return head.to(device).eval(), None
+    path = resolve_checkpoint(checkpoint)
+    try:
+        head, _extra = load_head_checkpoint(path, trust=trust)
+    except CheckpointError as own:
+        try:
+            head, tower, _info = load_reference_checkpoint(path, trust=trust)
+        except CheckpointError as ref:
+            raise CheckpointError(
+                f"{path}: neither an fsar checkpoint ({own}) nor a reference one ({ref})"
+            ) from None
+        if tower is not None:
+            log.warning(
+                "%s holds fine-tuned visual tower weights; the cached features come from the "
+                "encoder named in the cache, so this evaluates the head on those features",
+                path,
+            )
+    if head_name is not None and head.name != head_name:
+        raise CheckpointError(
+            f"{path} holds a {head.name!r} head, not {head_name!r}; drop --head or pass another "
+            "checkpoint"
+        )
+    if hasattr(head, "merge_before") and head.merge_before != recipe.model.merge_before:
+        # how K > 1 shots are merged is an evaluation choice, not a trained weight: the recipe
+        # (model.merge_before, overridable with --set) decides
+        log.info("merge_before %s -> %s (recipe)", head.merge_before, recipe.model.merge_before)
+        head.merge_before = recipe.model.merge_before
+    ckpt_dim = _head_dim(head)
+    if ckpt_dim is not None and ckpt_dim != dim:
+        raise CheckpointError(
+            f"{path} was trained on {ckpt_dim}-wide features but the cache has width {dim}; "
+            "evaluate with the cache of the encoder it was trained on"
+        )
+    return head.to(device).eval(), str(path)
+
+
+def _head_dim(head: torch.nn.Module) -> int | None:
+    dim = getattr(head, "init_kwargs", {}).get("dim")
+    return int(dim) if dim is not None else None
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@dataclass
+class EvalResult:
+    """One evaluation with its full provenance (METHOD.md §6) and per-episode accuracies."""
+
+    recipe: str
+    benchmark: str
+    dataset: str
+    split: str
+    n_way: int
+    k_shot: int
+    n_query: int
+    n_episodes: int
+    seed: int | None
+    head: str
+    encoder: str
+    encoder_random: bool
+    sampling: str
+    checkpoint: str | None
+    episodes_source: str
+    n_missing: int
+    missing: str
+    store: str
+    device: str
+    elapsed_s: float
+    accuracies: np.ndarray = field(repr=False)
+    overrides: list[str] = field(default_factory=list)
+    eval_id: int | None = None
+    db: str | None = None
+
+    @property
+    def mean(self) -> float:
+        return mean_and_ci95(self.accuracies)[0]
+
+    @property
+    def ci95(self) -> float:
+        return mean_and_ci95(self.accuracies)[1]
+
+    def fields(self) -> dict[str, Any]:
+        """The provenance and summary as results-database fields."""
+        mean, ci = mean_and_ci95(self.accuracies)
+        keep = (
+            "recipe benchmark dataset split n_way k_shot n_query n_episodes seed head encoder "
+            "encoder_random sampling checkpoint episodes_source n_missing missing overrides "
+            "store device elapsed_s"
+        ).split()
+        out = {k: getattr(self, k) for k in keep}
+        out.update(acc_mean=mean, acc_ci95=ci, fsar_version=__version__, git_sha=git_sha())
+        return out
+
+
+def _sampling(store: FeatureStore, recipe: Recipe, split: str) -> str:
+    s = store.meta.get("sampling", recipe.features.sampling.for_split(split))
+    s = s if isinstance(s, str) else json.dumps(s, sort_keys=True)
+    if store.num_views > 1:
+        s += f", {store.num_views} views (one drawn per slot)"
+    return f"{store.num_frames} frames, {s}"
+
+
+def evaluate(
+    recipe: Recipe,
+    *,
+    head_name: str | None = None,
+    checkpoint: str | Path | None = None,
+    n_way: int | None = None,
+    k_shot: int | None = None,
+    n_query: int | None = None,
+    episodes: int | None = None,
+    seed: int | None = None,
+    split: str | None = None,
+    allow_missing: bool = False,
+    episodes_file: str | Path | None = None,
+    save_episodes: str | Path | None = None,
+    device: str = "cpu",
+    db: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    trust: bool = False,
+    on_progress: ProgressFn | None = None,
+) -> EvalResult:
+    """Evaluate a head on seeded episodes of a cached split (defaults from ``recipe.eval``).
+
+    Args:
+        recipe: the benchmark recipe (its ``features.cache_dir`` holds the cached split).
+        head_name, checkpoint: see :func:`load_eval_head`.
+        n_way, k_shot, n_query, episodes, seed, split: the protocol; None = the recipe's value
+            (``k_shot`` defaults to the first of ``eval.shots``).
+        allow_missing: sample only from videos with features when some lack them (reported).
+        episodes_file: evaluate the episodes of this list instead of sampling (its way, shot and
+            query counts must agree with any given here).
+        save_episodes: also write the evaluated episode list here.
+        db: append the result to this results database (None: do not record).
+        overrides: the ``--set`` overrides that made ``recipe``, recorded as provenance.
+        trust: allow arbitrary unpickling of a reference checkpoint that needs it.
+        on_progress: advanced by the number of episodes finished.
+    Returns:
+        The :class:`EvalResult` (with ``eval_id`` when recorded).
+    """
+    from .results import ResultsDB
+
+    ev = recipe.eval
+    split = split or ev.split
+    store = FeatureStore.open(store_path(recipe.features.cache_dir, split))
+    head, ckpt = load_eval_head(
+        recipe, store.dim, head_name=head_name, checkpoint=checkpoint, device=device, trust=trust
+    )
+    keys = store.index["key"].astype(str).tolist()
+    start = time.perf_counter()
+    if episodes_file is not None:
+        batch, info = load_episodes(episodes_file, keys, store.usable)
+        for what, given, have in (
+            ("way", n_way, batch.n_way),
+            ("shot", k_shot, batch.k_shot),
+            ("query", n_query, batch.n_query),
+            ("episodes", episodes, len(batch)),
+        ):
+            if given is not None and given != have:
+                raise EpisodeError(
+                    f"{episodes_file} holds {have} for {what} but {given} was asked; drop the "
+                    "option or pass another episode list"
+                )
+        seed, source = info.get("seed"), f"file {episodes_file}"
+    else:
+        seed = ev.seed if seed is None else seed
+        sampler = EpisodeSampler(
+            store.labels,
+            n_way or ev.n_way,
+            k_shot or ev.shots[0],
+            n_query or ev.n_query,
+            seed=seed,
+            usable=store.usable,
+            class_names=store.class_names,
+            allow_missing=allow_missing,
+            num_views=store.num_views,
+            sample_views=store.num_views > 1,
+            split=f"{store.path}",
+        )
+        batch, source = sampler.sample(episodes or ev.episodes), "sampled"
+    if on_progress is not None:
+        on_progress(0, total=len(batch))
+    accs = episode_accuracies(
+        head,
+        store.features,
+        store.text,
+        batch,
+        device=device,
+        chunk=ev.batch_episodes,
+        on_progress=on_progress,
+    )
+    result = EvalResult(
+        recipe=recipe.name,
+        benchmark=recipe.data.split_name or recipe.name,
+        dataset=recipe.dataset or recipe.name,
+        split=split,
+        n_way=batch.n_way,
+        k_shot=batch.k_shot,
+        n_query=batch.n_query,
+        n_episodes=len(batch),
+        seed=None if seed is None else int(seed),
+        head=str(getattr(head, "name", head_name)),
+        encoder=str(store.meta.get("encoder", "unknown")),
+        encoder_random=bool(store.meta.get("encoder_random", False)),
+        sampling=_sampling(store, recipe, split),
+        checkpoint=ckpt,
+        episodes_source=source,
+        n_missing=store.n_missing,
+        missing=store.missing_summary(),
+        store=str(store.path),
+        device=device,
+        elapsed_s=time.perf_counter() - start,
+        accuracies=accs,
+        overrides=list(overrides),
+    )
+    if save_episodes is not None:
+        info = {"seed": result.seed, "split": split, "recipe": recipe.name, "store": result.store}
+        _save_episodes(save_episodes, batch, keys, info)
+    if db is not None:
+        rdb = ResultsDB(db)
+        result.eval_id, result.db = rdb.add(result.fields(), accs), str(rdb.path)
+    log.debug(
+        "%s %d-shot %s: %.2f ± %.2f",
+        recipe.name,
+        result.k_shot,
+        result.head,
+        100 * result.mean,
+        100 * result.ci95,
+    )
+    return result
