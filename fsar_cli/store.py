@@ -11,7 +11,8 @@ Layout of ``<cache_dir>/<split>/`` (format ``fsar-features/1``)::
                    from the prompt in meta.json; NaN rows for classes without a known name
 
 ``np.load("features.npy", mmap_mode="r")`` reads it without fsar. A store is written to a temporary
-folder and renamed into place, so a reader never sees half a store.
+folder and renamed into place, so a reader never sees half a store. While ``fsar cache`` is still
+at work (or its shards are), the folder holds only ``.work/`` and :meth:`FeatureStore.open` says so.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,23 @@ import pandas as pd
 
 from .errors import CacheError
 
-__all__ = ["FeatureStore", "write_store", "INDEX_COLUMNS", "STORE_FORMAT", "store_path"]
+__all__ = [
+    "FeatureStore",
+    "write_store",
+    "INDEX_COLUMNS",
+    "STORE_FORMAT",
+    "store_path",
+    "WORK_DIR",
+    "chunk_path",
+    "write_chunk",
+    "read_chunk",
+    "write_settings_once",
+    "acquire_lock",
+    "recover_store",
+]
 
 STORE_FORMAT = "fsar-features/1"
+WORK_DIR = ".work"  # unfinished work of `fsar cache` inside a store folder
 INDEX_COLUMNS = [
     "row",
     "key",
@@ -121,6 +137,13 @@ class FeatureStore:
     def open(cls, path: str | Path) -> FeatureStore:
         path = Path(path)
         meta_file = path / "meta.json"
+        if not meta_file.is_file() and (path / WORK_DIR).is_dir():
+            chunks = len(list((path / WORK_DIR).glob("chunk-*.npz")))
+            raise CacheError(
+                f"feature cache at {str(path)!r} is not finished ({chunks} chunk(s) written, "
+                "possibly by other shards); rerun `fsar cache RECIPE` (any shard, or without "
+                "--shard) to finish and assemble it"
+            )
         if not meta_file.is_file():
             raise CacheError(
                 f"no feature cache at {str(path)!r} (missing meta.json); run `fsar cache` first"
@@ -128,7 +151,8 @@ class FeatureStore:
         meta = json.loads(meta_file.read_text())
         if meta.get("format") != STORE_FORMAT:
             raise CacheError(
-                f"{meta_file}: format {meta.get('format')!r} is not {STORE_FORMAT!r}; re-run `fsar cache`"
+                f"{meta_file}: format {meta.get('format')!r} is not {STORE_FORMAT!r}; "
+                "re-run `fsar cache`"
             )
         index = pd.read_csv(
             path / "index.csv",
@@ -182,3 +206,108 @@ class FeatureStore:
     @property
     def n_missing(self) -> int:
         return int((self.index["status"] != "ok").sum())
+
+
+# --------------------------------------------------------------------------- unfinished stores
+# ``fsar cache`` commits work in chunks inside ``<store>/.work/`` before assembling a store:
+# ``chunk-<start>-<end>.npz`` (float16 features [rows, views, T, D] + index records + settings as
+# JSON), ``settings.json`` and, while one process assembles the store, ``finalise.lock``.
+
+
+def write_settings_once(path: Path, settings: dict[str, Any]) -> None:
+    """Write ``settings`` as JSON at ``path`` unless it exists (first writer wins, atomically)."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True))
+    try:
+        os.link(tmp, path)  # fails if another shard wrote it first; then compare
+    except FileExistsError:
+        pass
+    except OSError:  # file system without hard links
+        if not path.exists():
+            os.replace(tmp, path)
+    tmp.unlink(missing_ok=True)
+
+
+def chunk_path(work: Path, start: int, end: int) -> Path:
+    """The chunk file of rows ``[start, end)`` inside a ``.work`` folder."""
+    return work / f"chunk-{start:09d}-{end:09d}.npz"
+
+
+def _as_bytes(obj: Any) -> np.ndarray:
+    return np.frombuffer(json.dumps(obj, sort_keys=True).encode(), dtype=np.uint8)
+
+
+def write_chunk(
+    path: Path, features: np.ndarray, records: list[dict[str, Any]], settings: dict[str, Any]
+) -> None:
+    """Write one chunk aside, fsync, and rename it into place (atomic)."""
+    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, features=features, index=_as_bytes(records), settings=_as_bytes(settings))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_chunk(
+    path: Path, features: bool = True
+) -> tuple[np.ndarray | None, list[dict[str, Any]], dict[str, Any]]:
+    """(features or None, index records, settings) of one chunk written by :func:`write_chunk`."""
+    try:
+        with np.load(path) as z:
+            records = json.loads(z["index"].tobytes())
+            settings = json.loads(z["settings"].tobytes())
+            feats = z["features"] if features else None
+    except Exception as exc:
+        raise CacheError(f"{path} is unreadable ({exc}); delete it, rerun `fsar cache`") from None
+    return feats, records, settings
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire_lock(lock: Path) -> bool:
+    """Create ``lock`` exclusively; True if taken. Takes over a dead process's lock (this host)."""
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileNotFoundError:  # its folder is gone: another process finished the job
+            return False
+        except FileExistsError:
+            host, _, pid = lock.read_text().partition(" ") if lock.exists() else ("", "", "")
+            if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+                lock.unlink(missing_ok=True)
+                continue
+            return False
+        os.write(fd, me.encode())
+        os.close(fd)
+        return True
+    return False
+
+
+def recover_store(store_dir: Path) -> None:
+    """Undo what a crash inside :func:`write_store` left behind (it renames twice).
+
+    Between its two renames the store folder is absent and its old copy (with ``.work``) sits at
+    ``.<name>.old-<pid>``: put it back. Leftovers of dead processes are removed.
+    """
+    parent, name = store_dir.parent, store_dir.name
+    if not parent.is_dir():
+        return
+    for kind in ("old", "tmp"):
+        for stale in parent.glob(f".{name}.{kind}-*"):
+            pid = stale.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or _pid_alive(int(pid)):
+                continue
+            if kind == "old" and not store_dir.exists():
+                os.replace(stale, store_dir)  # crashed between the renames: put the work back
+            else:
+                shutil.rmtree(stale, ignore_errors=True)

@@ -1,0 +1,189 @@
+"""Frame preprocessing equals the PIL/torchvision reference pipeline (METHOD.md section 1)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import (
+    CenterCrop,
+    Compose,
+    InterpolationMode,
+    Normalize,
+    Resize,
+    ToTensor,
+)
+from torchvision.transforms.functional import crop as tv_crop
+
+from fsar_cli.data.frames import read_frames, sample_indices
+from fsar_cli.encoders.preprocess import (
+    CLIP_MEAN,
+    CLIP_STD,
+    ViewSpec,
+    crop_offset,
+    load_views,
+    normalize,
+    plan_views,
+    preprocess_frames,
+    resize_frames,
+    view_rng,
+)
+from fsar_cli.errors import DataError
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import clip
+
+# Tolerance against PIL: fsar resizes uint8 frames with torchvision's antialiased bicubic filter,
+# a re-implementation of PIL's. Outputs differ by one grey level (1/255) at well under 1% of the
+# values and by two at about 1 in 10^5, so the bound is 2 / (255 * min std) = 0.0301 in normalised
+# units, mean < 1e-4. Measured on the fixtures: max 0.0150 (256x256 resize), 0.0300 (CLIP's
+# transform, strong downscale), mean 2e-5 to 3e-5. (OpenCV's bicubic is off by up to 1.7.)
+TOL_MAX = 2.0 / (255.0 * min(CLIP_STD)) + 1e-4
+TOL_MEAN = 1e-4
+
+
+def _reference(resize: int, crop: int) -> Compose:
+    return Compose(
+        [
+            Resize((resize, resize), interpolation=InterpolationMode.BICUBIC),
+            CenterCrop(crop),
+            ToTensor(),
+            Normalize(CLIP_MEAN, CLIP_STD),
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def frames(shared: Path) -> list[np.ndarray]:
+    """Real frames of several sizes: 320x240, 340x256, 1280x720 videos, 256x256 SSv2 frames."""
+    out: list[np.ndarray] = []
+    for video in sorted((shared / "fixtures" / "videos").iterdir()):
+        out += read_frames(video, [0, 17])
+    folder = next((shared / "fixtures" / "ssv2_tiny" / "test" / "test0").iterdir())
+    out += read_frames(folder, [0, 5])
+    assert {f.shape[:2] for f in out} >= {(240, 320), (256, 340), (720, 1280), (256, 256)}
+    return out
+
+
+def _diff(ours: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    d = (ours - ref).abs()
+    return float(d.max()), float(d.mean())
+
+
+def test_equals_pil_reference_pipeline(frames: list[np.ndarray]) -> None:
+    ref = _reference(256, 224)
+    ours = preprocess_frames(frames, 256, 224)  # one batch, mixed sizes
+    assert ours.shape == (len(frames), 3, 224, 224) and ours.dtype == torch.float32
+    theirs = torch.stack([ref(Image.fromarray(f)) for f in frames])
+    mx, mean = _diff(ours, theirs)
+    assert mx < TOL_MAX and mean < TOL_MEAN, (mx, mean)
+
+
+def test_equals_clip_transform_on_square_input(frames: list[np.ndarray]) -> None:
+    # CLIP's own pipeline resizes the short side to n, then centre-crops n: the same as METHOD's
+    # resize-to-square-then-crop when resize == crop == n and the input is square.
+    squares = [f[:, : f.shape[0]] for f in frames]
+    ours = preprocess_frames(squares, 224, 224)
+    theirs = torch.stack([clip.clip._transform(224)(Image.fromarray(f)) for f in squares])
+    mx, mean = _diff(ours, theirs)
+    assert mx < TOL_MAX and mean < TOL_MEAN, (mx, mean)
+
+
+def test_random_crop_equals_reference_crop(frames: list[np.ndarray]) -> None:
+    rng = np.random.default_rng(3)
+    top, left = crop_offset(256, 224, "random", rng)
+    assert 0 <= top <= 32 and 0 <= left <= 32
+    resize = Resize((256, 256), interpolation=InterpolationMode.BICUBIC)
+    norm = Normalize(CLIP_MEAN, CLIP_STD)
+    theirs = torch.stack(
+        [norm(ToTensor()(tv_crop(resize(Image.fromarray(f)), top, left, 224, 224))) for f in frames]
+    )
+    mx, mean = _diff(preprocess_frames(frames, 256, 224, (top, left)), theirs)
+    assert mx < TOL_MAX and mean < TOL_MEAN, (mx, mean)
+
+
+def test_centre_crop_offset_follows_torchvision() -> None:
+    assert crop_offset(256, 224) == (16, 16)
+    assert crop_offset(255, 224) == (16, 16)  # torchvision rounds (255 - 224) / 2 = 15.5 to 16
+    assert crop_offset(224, 224) == (0, 0)
+    with pytest.raises(DataError, match="larger than resize"):
+        crop_offset(200, 224)
+    with pytest.raises(DataError, match="rng"):
+        crop_offset(256, 224, "random")
+
+
+def test_batched_resize_equals_per_frame(frames: list[np.ndarray]) -> None:
+    same = [f for f in frames if f.shape == frames[0].shape]
+    assert len(same) >= 2
+    batched = resize_frames(same, 256)
+    single = torch.cat([resize_frames([f], 256) for f in same])
+    assert batched.dtype == torch.uint8 and torch.equal(batched, single)
+    square = frames[-1]
+    assert torch.equal(resize_frames([square], 256)[0], torch.from_numpy(square).permute(2, 0, 1))
+
+
+def test_normalize_is_scale_then_standardise() -> None:
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(normalize(x), (x.float() / 255 - mean) / std, atol=1e-6, rtol=0)
+
+
+def test_view_random_state_depends_only_on_its_identity() -> None:
+    a = view_rng(0, "train", "train3/123", 1).random(4)
+    view_rng(0, "train", "other", 0).random(100)  # other draws in between change nothing
+    assert np.array_equal(a, view_rng(0, "train", "train3/123", 1).random(4))
+    for other in [
+        (1, "train", "train3/123", 1),
+        (0, "test", "train3/123", 1),
+        (0, "train", "train3/124", 1),
+        (0, "train", "train3/123", 0),
+    ]:
+        assert not np.array_equal(a, view_rng(*other).random(4))
+
+
+def test_plan_views_centre_and_random() -> None:
+    spec = ViewSpec("test", num_frames=8, views=2, sampling="center", crop_mode="center")
+    plan = plan_views(40, "k", spec)
+    for idx, off in plan:
+        assert np.array_equal(idx, sample_indices(40, 8, "center")) and off == (16, 16)
+    spec = ViewSpec("train", num_frames=8, views=3, sampling="random", crop_mode="random")
+    plan = plan_views(40, "k", spec)
+    assert len({tuple(i) for i, _ in plan}) == 3 or len({o for _, o in plan}) > 1
+    for v, (idx, off) in enumerate(plan):
+        rng = view_rng(0, "train", "k", v)
+        assert np.array_equal(idx, sample_indices(40, 8, "random", rng))
+        assert off == crop_offset(256, 224, "random", rng)
+    assert [(tuple(i), o) for i, o in plan] == [(tuple(i), o) for i, o in plan_views(40, "k", spec)]
+
+
+@pytest.mark.parametrize("kind", ["folder", "video"])
+def test_load_views_equals_manual_pipeline(shared: Path, kind: str) -> None:
+    if kind == "folder":
+        source = next((shared / "fixtures" / "ssv2_tiny" / "train" / "train1").iterdir())
+    else:
+        source = shared / "fixtures" / "videos" / "eye_makeup.avi"
+    spec = ViewSpec(
+        "train", num_frames=4, views=2, sampling="random", crop_mode="random", resize=64, crop=48
+    )
+    views, n = load_views(source, "some/key", spec)
+    assert views.shape == (2, 4, 3, 48, 48) and views.dtype == torch.uint8
+    for v, (idx, (top, left)) in enumerate(plan_views(n, "some/key", spec)):
+        manual = resize_frames(read_frames(source, idx), 64)[:, :, top : top + 48, left : left + 48]
+        assert torch.equal(views[v], manual)
+
+
+def test_load_views_errors_name_the_source(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all" * 100)
+    with pytest.raises(DataError, match="bad.mp4"):
+        load_views(bad, "k", ViewSpec("test"))
+    empty = tmp_path / "folder"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no .jpg"):
+        load_views(empty, "k", ViewSpec("test"))
