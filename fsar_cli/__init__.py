@@ -1,8 +1,8 @@
 """fsar: CLIP for few-shot action recognition.
 
-The six public verbs (imported lazily, so ``import fsar_cli`` and ``fsar --help`` stay fast):
-``load_recipe``, ``extract_frames``, ``cache_features``, ``meta_train``, ``evaluate``,
-``write_report``. Shape letters used in docstrings and comments throughout: ``E`` episodes in a
+The public verbs (imported lazily, so ``import fsar_cli`` and ``fsar --help`` stay fast):
+``load_recipe``, ``extract_frames``, ``cache_features``, ``meta_train``, ``write_report``, and
+``fsar_cli.evaluate.evaluate`` (not re-exported: the name ``fsar_cli.evaluate`` is its module). Shape letters used in docstrings and comments throughout: ``E`` episodes in a
 batch, ``W`` way, ``K`` shot, ``Q`` queries per class, ``T`` frames, ``D`` feature width, ``C``
 classes of a split, ``V`` views per video.
 """
@@ -20,7 +20,6 @@ __all__ = [
     "extract_frames",
     "cache_features",
     "meta_train",
-    "evaluate",
     "write_report",
 ]
 
@@ -29,7 +28,6 @@ _LAZY = {
     "extract_frames": "fsar_cli.data.extract",
     "cache_features": "fsar_cli.cache",
     "meta_train": "fsar_cli.train",
-    "evaluate": "fsar_cli.evaluate",
     "write_report": "fsar_cli.report",
 }
 
