@@ -40,6 +40,12 @@ whichever process finds every chunk present assembles the store (a lock file mak
 process). ``n`` processes, or torchrun ranks (``i = RANK``, ``n = WORLD_SIZE``), can run at once on
 a shared file system; rerunning any shard, or an unsharded run, finishes and assembles what is left.
 
+Under ``torchrun`` (:mod:`fsar_cli.distributed`) the shard is ``(RANK, WORLD_SIZE)`` by itself:
+rank 0 plans first (recovering and creating the ``.work`` folders), every rank encodes its chunks,
+all wait at a barrier (a long one: shares finish at different times), and rank 0 assembles the
+stores. A rank that dies leaves every committed chunk in place (torchrun stops the others); a
+rerun, with any number of processes, encodes only the missing chunks.
+
 Speed: ``features.workers`` threads decode and preprocess videos (OpenCV and torch release the GIL)
 ahead of the encoder into a bounded queue; the encoder takes ``features.batch_size`` frames at a
 time under ``torch.inference_mode`` (fp16 autocast and pinned memory on CUDA). Memory is bounded by
@@ -56,6 +62,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +70,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .data.frames import FRAME_EXTS
 from .data.splits import SplitEntry, format_path, load_split
 from .encoders.preprocess import CLIP_MEAN, CLIP_STD, INTERPOLATION, ViewSpec, load_views
@@ -92,6 +99,7 @@ log = logging.getLogger(__name__)
 #: METHOD.md section 1: random crop in training, centre crop in testing.
 CROP_MODES = {"train": "random", "val": "center", "test": "center"}
 _WORK_ONLY = ("chunk_videos",)  # settings that shape unfinished work but not a finished store
+_SHARE_WAIT = timedelta(hours=24)  # how long torchrun ranks wait for each other's shares
 
 
 @dataclass
@@ -563,6 +571,14 @@ def cache_features(
         raise CacheError(
             f"features.prompt {f.prompt!r} must hold one '{{}}' for the class name"
         ) from None
+    d = distributed.init(device)
+    if d.enabled:
+        if shard is not None and tuple(shard) != (d.rank, d.world):
+            raise CacheError(
+                f"--shard {shard[0]}/{shard[1]} under torchrun: torchrun already splits the "
+                f"videos (rank {d.rank} of {d.world} caches shard {d.rank}/{d.world}); drop --shard"
+            )
+        shard, device = (d.rank, d.world), str(d.device(device))
     if encoder is None:
         from .encoders.clip import load_encoder
 
@@ -574,7 +590,14 @@ def cache_features(
             f"features.crop={encoder.input_resolution} and features.resize >= it"
         )
     advance = on_progress or (lambda n=1, *, total=None, label=None: None)
-    plans = [_plan(recipe, s, encoder, shard) for s in dict.fromkeys(splits)]
+    plans: list[_Plan] = []
+
+    def plan_all() -> None:
+        plans.extend(_plan(recipe, s, encoder, shard) for s in dict.fromkeys(splits))
+
+    d.on_main(plan_all)  # rank 0 first: it recovers and creates the .work folders
+    if not d.is_main:
+        plan_all()
     advance(
         0,
         total=sum(
@@ -583,29 +606,45 @@ def cache_features(
             for c in plans[i].todo
         ),
     )
-    summaries: dict[str, SplitSummary] = {}
-    for plan in plans:
-        t0 = time.perf_counter()
-        if plan.complete:
-            summaries[plan.split] = _summary(plan, 0, 0, 0.0, "already cached")
-            continue
-        videos, frames = _encode_chunks(recipe, plan, encoder, advance, t0)
-        if _finalise(recipe, plan, encoder):
-            state = "cached"
+
+    def finish(plan: _Plan, videos: int, frames: int, t0: float) -> SplitSummary:
+        if d.on_main(lambda: _finalise(recipe, plan, encoder)):  # rank 0 assembles
+            state = "cached" if not d.enabled else f"cached ({d.world} processes)"
         elif (plan.store_dir / "meta.json").is_file():
             state = "cached (assembled by another shard)"
         else:
             present = sum(chunk_path(plan.work, s, e).exists() for s, e in plan.chunks)
             state = f"waiting for other shards ({present} of {len(plan.chunks)} chunks done)"
-        summaries[plan.split] = _summary(plan, videos, frames, time.perf_counter() - t0, state)
-        s = summaries[plan.split]
-        if s.failed:
+        s = _summary(plan, videos, frames, time.perf_counter() - t0, state)
+        if s.failed and d.is_main:
             log.warning(
                 "%s: %d videos failed to decode (first: %s: %s)",
                 plan.split,
                 s.failed,
                 *s.failures[0],
             )
+        return s
+
+    summaries: dict[str, SplitSummary] = {}
+    done: dict[str, tuple[int, int, float]] = {}  # split -> videos, frames, start time
+    for plan in plans:
+        t0 = time.perf_counter()
+        if plan.complete:
+            summaries[plan.split] = _summary(plan, 0, 0, 0.0, "already cached")
+            continue
+        videos, frames = _encode_chunks(recipe, plan, encoder, advance, t0)
+        done[plan.split] = (videos, frames, t0)
+        if not d.enabled:  # a split's store is ready as soon as its chunks are
+            summaries[plan.split] = finish(plan, videos, frames, t0)
+    if d.enabled:
+        d.barrier(_SHARE_WAIT)  # every rank's share of every split is committed
+        counts = d.all_gather_object({k: v[:2] for k, v in done.items()})
+        for plan in plans:
+            if plan.split in done:  # this job's videos and frames, all ranks together
+                videos = sum(c[plan.split][0] for c in counts)
+                frames = sum(c[plan.split][1] for c in counts)
+                summaries[plan.split] = finish(plan, videos, frames, done[plan.split][2])
+    summaries = {p.split: summaries[p.split] for p in plans}  # in the order asked
     return CacheResult(
         Path(os.path.expanduser(f.cache_dir)),
         encoder.name,

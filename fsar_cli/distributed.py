@@ -4,21 +4,36 @@ fsar never launches processes itself: ``torchrun --nproc_per_node N -m fsar_cli 
 ``srun`` with torchrun) sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and ``MASTER_ADDR/PORT``, and
 :func:`init` joins the process group (NCCL on CUDA, Gloo on CPU). Without those variables every
 helper here is a no-op for a world of one process.
+
+What uses it: ``fsar train`` (each rank computes the loss of its share of a step's episodes, the
+gradients are averaged across ranks as DistributedDataParallel does, rank 0 writes the run folder),
+``fsar eval`` (contiguous ranges of episodes per rank, accuracies gathered in episode order) and
+``fsar cache`` (each rank caches its shard of the videos; rank 0 finalises the store). Ranks other
+than 0 log warnings and errors only.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["Dist", "init", "current", "shutdown"]
+from .errors import FsarError
+
+__all__ = ["Dist", "init", "current", "shutdown", "rank_seed"]
 
 log = logging.getLogger(__name__)
+
+_BUCKET = 1 << 24  # gradient elements per all-reduce call
+T = TypeVar("T")
+_SIDE_GROUPS: dict[timedelta, Any] = {}  # Gloo groups of long barriers, by timeout
 
 
 @dataclass(frozen=True)
@@ -44,9 +59,19 @@ class Dist:
             return torch.device("cuda", self.local_rank % max(1, torch.cuda.device_count()))
         return torch.device(requested)
 
-    def barrier(self) -> None:
-        if self.enabled:
+    def barrier(self, timeout: timedelta | None = None) -> None:
+        """Wait for every rank. ``timeout``: wait up to that long (default: the process group's,
+        10 to 30 minutes), on a Gloo side group that keeps no GPU busy; for ranks that may
+        finish their shares far apart (``fsar cache``). Every rank must pass the same value."""
+        if not self.enabled:
+            return
+        if timeout is None:
             dist.barrier()
+            return
+        group = _SIDE_GROUPS.get(timeout)
+        if group is None:  # collective: every rank creates it at the same call
+            group = _SIDE_GROUPS[timeout] = dist.new_group(backend="gloo", timeout=timeout)
+        dist.barrier(group=group)
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order (a one-element list in a single process)."""
@@ -63,6 +88,26 @@ class Dist:
         dist.broadcast_object_list(box, src=src)
         return box[0]
 
+    def on_main(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on rank 0 only; its result on every rank (a barrier too).
+
+        An :class:`FsarError` raised by ``fn`` is raised on every rank, so a refusal on rank 0
+        (a non-empty run folder, a damaged checkpoint) stops the whole job, not just rank 0.
+        """
+        if not self.enabled:
+            return fn()
+        out: Any = None
+        err: FsarError | None = None
+        if self.is_main:
+            try:
+                out = fn()
+            except FsarError as exc:
+                err = exc
+        out, err = self.broadcast_object((out, err))
+        if err is not None:
+            raise err
+        return out
+
     def all_reduce_mean_(self, tensors: list[torch.Tensor]) -> None:
         """Average tensors across ranks in place (a gradient all-reduce)."""
         if not self.enabled:
@@ -70,6 +115,34 @@ class Dist:
         for t in tensors:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
             t.div_(self.world)
+
+    def all_reduce_grads_(self, params: list[torch.nn.Parameter]) -> None:
+        """Average the gradients of ``params`` across ranks in flat buckets (what
+        DistributedDataParallel does). A parameter without a gradient on this rank takes part with
+        zeros, so every rank reduces the same buckets in the same order."""
+        if not self.enabled:
+            return
+        grads = []
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        i = 0
+        while i < len(grads):
+            bucket, size = [grads[i]], grads[i].numel()
+            i += 1
+            while (
+                i < len(grads)
+                and size + grads[i].numel() <= _BUCKET
+                and (grads[i].dtype == bucket[0].dtype)
+            ):
+                size += grads[i].numel()
+                bucket.append(grads[i])
+                i += 1
+            flat = torch.cat([g.reshape(-1) for g in bucket])  # [size]
+            self.all_reduce_mean_([flat])
+            for g, part in zip(bucket, flat.split([g.numel() for g in bucket]), strict=True):
+                g.copy_(part.view_as(g))
 
     def split(self, n: int) -> tuple[int, int]:
         """This rank's contiguous share ``[start, stop)`` of ``n`` items (sizes differ by <= 1)."""
@@ -101,16 +174,27 @@ def init(device: str = "cpu") -> Dist:
             torch.cuda.set_device(local % torch.cuda.device_count())
         dist.init_process_group(backend=backend)
         log.debug("joined process group: rank %d of %d (%s)", rank, world, backend)
+    else:
+        backend = str(dist.get_backend())
     _CURRENT = Dist(rank=rank, world=world, local_rank=local, backend=backend)
+    if rank != 0:  # one voice: rank 0 logs progress, the others only warnings and errors
+        logging.getLogger(__package__ or "fsar_cli").setLevel(logging.WARNING)
     return _CURRENT
 
 
 def current() -> Dist:
+    """The :class:`Dist` of the last :func:`init` (a single process before any)."""
     return _CURRENT
+
+
+def rank_seed(*parts: int) -> int:
+    """A 63-bit torch seed derived from integers (e.g. ``train.seed, rank``), stable everywhere."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
 def shutdown() -> None:
     global _CURRENT
     if dist.is_initialized():
-        dist.destroy_process_group()
+        dist.destroy_process_group()  # the side groups too
+    _SIDE_GROUPS.clear()
     _CURRENT = Dist()

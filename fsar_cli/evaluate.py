@@ -7,6 +7,12 @@ video's text token is always the text of its own class, so this is exact). Per e
 merge-before prototypes (K > 1) and the matching (cosine + bidirectional OTAM) remain, batched over
 blocks of episodes. Per-video work runs in fixed-size groups of sorted videos and matching in
 blocks of a fixed maximum size, so the arithmetic does not depend on the ``chunk`` argument.
+
+Under ``torchrun`` (:func:`sharded_accuracies`) each rank samples and matches a contiguous range of
+episode indices made of whole matching blocks, and encodes its videos in the groups the single
+process would use (the union of all ranks' videos, sorted, in fixed-size groups); the per-episode
+accuracies are gathered in episode order. Every block and group thus sees the inputs it sees in a
+single process, so the result is identical, episode by episode, for any number of ranks.
 """
 
 from __future__ import annotations
@@ -22,10 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .episodes import EpisodeBatch, EpisodeSampler, load_episodes
 from .episodes import save_episodes as _save_episodes
-from .errors import CacheError, CheckpointError, EpisodeError
+from .errors import CacheError, CheckpointError, EpisodeError, FsarError
 from .metrics import accuracy, mean_and_ci95
 from .recipe import Recipe
 from .results import git_sha
@@ -33,8 +39,12 @@ from .store import FeatureStore, store_path
 
 __all__ = [
     "EvalResult",
+    "EpisodeVideos",
     "evaluate",
     "episode_accuracies",
+    "episode_videos",
+    "rank_range",
+    "sharded_accuracies",
     "episode_logits",
     "loop_episode_accuracies",
     "load_eval_head",
@@ -84,11 +94,18 @@ def _encode_videos(
     features: np.ndarray,
     ids: np.ndarray,
     device: str,
+    need: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """Run ``fn`` over videos ``ids`` (flat row * V + view, sorted) in fixed groups -> [U, T, D]."""
+    """Run ``fn`` over videos ``ids`` (flat row * V + view, sorted) in fixed groups -> [U, T, D].
+
+    With ``need`` (bool [U]) groups holding no needed video are skipped (their rows are left
+    unset): the groups that run are exactly the ones a call without ``need`` would run.
+    """
     V = features.shape[1]
     out: torch.Tensor | None = None
     for a in range(0, len(ids), _GROUP):
+        if need is not None and not need[a : a + _GROUP].any():
+            continue
         part = ids[a : a + _GROUP]
         x = np.asarray(features[part // V, part % V], dtype=np.float32)  # (G, T, D)
         enc = fn(torch.from_numpy(x).to(device), part)  # (G, T, D)
@@ -98,6 +115,51 @@ def _encode_videos(
     if out is None:
         raise EpisodeError("no videos to encode: the episode batch is empty")
     return out
+
+
+@dataclass(frozen=True)
+class EpisodeVideos:
+    """The videos the per-video stage encodes, as flat ids ``row * V + view`` (sorted, unique).
+
+    In a single process these are the videos of the batch evaluated; a rank of a distributed
+    evaluation gets the union over all ranks, so its encoder groups are the single process's.
+    """
+
+    query_ids: np.ndarray  # int64 [Uq]
+    support_ids: np.ndarray  # int64 [Us]
+    support_classes: np.ndarray  # int64 [Us], global class of each support video
+
+    @staticmethod
+    def empty() -> EpisodeVideos:
+        z = np.zeros(0, np.int64)
+        return EpisodeVideos(z, z, z)
+
+    @staticmethod
+    def union(parts: list[EpisodeVideos]) -> EpisodeVideos:
+        """All videos of ``parts``; a support's class is the one of its first part (rank order)."""
+        q = np.unique(np.concatenate([p.query_ids for p in parts]))
+        s_all = np.concatenate([p.support_ids for p in parts])
+        c_all = np.concatenate([p.support_classes for p in parts])
+        s, first = np.unique(s_all, return_index=True)
+        return EpisodeVideos(q, s, c_all[first])
+
+
+def episode_videos(batch: EpisodeBatch, num_views: int) -> EpisodeVideos:
+    """The query and support videos of ``batch`` (flat ids over ``num_views`` views per video)."""
+    V, K = int(num_views), batch.k_shot
+    q_ids = np.unique(batch.query_rows * V + batch.query_views)
+    s_flat = batch.support_rows * V + batch.support_views  # (E, W*K)
+    s_ids, first = np.unique(s_flat, return_index=True)
+    s_cls = np.repeat(batch.classes, K, axis=1).reshape(-1)[first]  # (Us,) class of each slot
+    return EpisodeVideos(q_ids, s_ids, s_cls.astype(np.int64))
+
+
+def _positions(ids: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """Index of every element of ``flat`` in the sorted ``ids`` (all must be present)."""
+    pos = np.searchsorted(ids, flat)
+    if pos.size and (pos.max() >= len(ids) or not np.array_equal(ids[pos], flat)):
+        raise EpisodeError("internal: an episode uses a video outside the encoded set")
+    return pos
 
 
 def _take(enc: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
@@ -113,32 +175,39 @@ def _fast_logits(
     batch: EpisodeBatch,
     device: str,
     chunk: int,
+    videos: EpisodeVideos | None = None,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yields ``(a, b, logits [b - a, W*Q, W])`` for consecutive blocks of episodes."""
+    """Yields ``(a, b, logits [b - a, W*Q, W])`` for consecutive blocks of episodes.
+
+    ``videos``: the encoder's video set (default: the batch's own); must contain the batch's.
+    """
     E, W, K = len(batch), batch.n_way, batch.k_shot
     V = features.shape[1]
     uses_text = bool(getattr(head, "uses_text", False))
     per_video = _per_video_support(head, K)
+    videos = videos if videos is not None else episode_videos(batch, V)
 
-    # Queries: every distinct (video, view) encoded once. (E, W*Q) -> flat ids + inverse
-    q_ids, q_inv = np.unique(batch.query_rows * V + batch.query_views, return_inverse=True)
-    q_inv = q_inv.reshape(batch.query_rows.shape)
-    q_enc = _encode_videos(lambda x, _ids: head.encode_query(x), features, q_ids, device)
+    # Queries: every distinct (video, view) encoded once. (E, W*Q) -> positions in query_ids
+    q_ids = videos.query_ids
+    q_inv = _positions(q_ids, batch.query_rows * V + batch.query_views)
+    q_need = np.zeros(len(q_ids), bool)
+    q_need[q_inv.reshape(-1)] = True
+    q_enc = _encode_videos(lambda x, _ids: head.encode_query(x), features, q_ids, device, q_need)
 
     s_enc = s_inv = None
     if per_video:
         # Supports with their own class text; the class of a slot is its episode class.
-        s_flat = batch.support_rows * V + batch.support_views  # (E, W*K)
-        s_ids, first, s_inv = np.unique(s_flat, return_index=True, return_inverse=True)
-        s_inv = s_inv.reshape(s_flat.shape)
-        s_cls = np.repeat(batch.classes, K, axis=1).reshape(-1)[first]  # (U,) global class ids
-        cls_of = dict(zip(s_ids.tolist(), s_cls.tolist(), strict=True))
+        s_ids = videos.support_ids
+        s_inv = _positions(s_ids, batch.support_rows * V + batch.support_views)  # (E, W*K)
+        s_need = np.zeros(len(s_ids), bool)
+        s_need[s_inv.reshape(-1)] = True
+        cls_of = dict(zip(s_ids.tolist(), videos.support_classes.tolist(), strict=True))
 
         def enc_support(x: torch.Tensor, ids: np.ndarray) -> torch.Tensor:
             t = text[torch.as_tensor([cls_of[i] for i in ids.tolist()])] if uses_text else None
             return head.encode_support(x, t)
 
-        s_enc = _encode_videos(enc_support, features, s_ids, device)
+        s_enc = _encode_videos(enc_support, features, s_ids, device, s_need)
 
     for a in range(0, E, chunk):
         b = min(a + chunk, E)
@@ -187,6 +256,7 @@ def episode_accuracies(
     device: str = "cpu",
     chunk: int = 500,
     on_progress: ProgressFn | None = None,
+    videos: EpisodeVideos | None = None,
 ) -> np.ndarray:
     """Accuracy of every episode of ``batch`` (the fast evaluator).
 
@@ -201,6 +271,8 @@ def episode_accuracies(
         chunk: at most this many episodes are matched per step (bounds memory; results do not
             depend on it).
         on_progress: called with the number of episodes finished after each chunk.
+        videos: the per-video stage's video set, a superset of the batch's (default: the
+            batch's); a rank of a distributed evaluation passes the union over all ranks.
     Returns:
         float64 [E], fraction of correct queries per episode.
     """
@@ -217,13 +289,94 @@ def episode_accuracies(
             step = max(1, min(int(chunk), _MATCH_BLOCK))
             labels = batch.query_labels
             accs = np.empty(len(batch), dtype=np.float64)
-            for a, b, logits in _fast_logits(head, features, t, batch, device, step):
+            for a, b, logits in _fast_logits(head, features, t, batch, device, step, videos):
                 accs[a:b] = accuracy(logits.float().cpu().numpy(), labels[a:b])
                 if on_progress is not None:
                     on_progress(b - a)
             return accs
     finally:
         head.train(was_training)
+
+
+def rank_range(n_episodes: int, chunk: int, d: distributed.Dist) -> tuple[int, int]:
+    """This rank's contiguous episodes ``[a, b)`` of ``n_episodes``, in whole matching blocks.
+
+    Blocks are those of a single process evaluating with ``chunk`` (``min(chunk, 64)`` episodes
+    from episode 0), so each rank's blocks are the single process's. A rank may get none.
+    """
+    step = max(1, min(int(chunk), _MATCH_BLOCK))
+    lo, hi = d.split(-(-int(n_episodes) // step))  # in blocks
+    return min(lo * step, n_episodes), min(hi * step, n_episodes)
+
+
+def sharded_accuracies(
+    head: torch.nn.Module,
+    features: np.ndarray,
+    text: np.ndarray,
+    episodes: Callable[[int, int], EpisodeBatch],
+    n_episodes: int,
+    d: distributed.Dist,
+    *,
+    device: str = "cpu",
+    chunk: int = 500,
+    on_progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """:func:`episode_accuracies` of episodes ``0 .. n_episodes-1`` split across the ranks of ``d``.
+
+    Each rank builds only its range (:func:`rank_range`) with ``episodes(a, b)``, encodes its
+    videos in the single process's groups and matches its blocks; every rank gets all
+    accuracies, in episode order, identical to a single process's. Collective: every rank calls
+    it; an error on any rank is raised on all of them. In a single process it is
+    ``episode_accuracies(head, features, text, episodes(0, n_episodes))``.
+
+    Args:
+        episodes: ``episodes(a, b)`` -> the batch of episodes ``a .. b-1`` (e.g.
+            ``lambda a, b: sampler.sample(b - a, start=a)``).
+        on_progress: advanced by this rank's finished episodes.
+    Returns:
+        float64 [n_episodes].
+    """
+    V = features.shape[1]
+    a, b = rank_range(n_episodes, chunk, d)
+    batch: EpisodeBatch | None = None
+    mine, error = EpisodeVideos.empty(), None
+    try:
+        if b > a:
+            batch = episodes(a, b)
+            _check_text(head, text, batch.classes)
+            mine = episode_videos(batch, V)
+    except FsarError as exc:
+        error = exc
+    parts = d.all_gather_object((mine, error))
+    _raise_first([e for _, e in parts])
+    videos = EpisodeVideos.union([v for v, _ in parts]) if d.enabled else None
+    accs, error = np.zeros(0, np.float64), None
+    try:
+        if batch is not None:
+            accs = episode_accuracies(
+                head,
+                features,
+                text,
+                batch,
+                device=device,
+                chunk=chunk,
+                on_progress=on_progress,
+                videos=videos,
+            )
+    except FsarError as exc:
+        error = exc
+    gathered = d.all_gather_object((accs, error))
+    _raise_first([e for _, e in gathered])
+    out = np.concatenate([x for x, _ in gathered])  # rank order = episode order
+    if len(out) != n_episodes:
+        raise EpisodeError(f"internal: gathered {len(out)} accuracies for {n_episodes} episodes")
+    return out
+
+
+def _raise_first(errors: list[FsarError | None]) -> None:
+    for err in errors:
+        if err is not None:
+            raise err
 
 
 def episode_logits(
@@ -469,27 +622,33 @@ def evaluate(
         db: append the result to this results database (None: do not record).
         overrides: the ``--set`` overrides that made ``recipe``, recorded as provenance.
         trust: allow arbitrary unpickling of a reference checkpoint that needs it.
-        on_progress: advanced by the number of episodes finished.
+        on_progress: advanced by the number of episodes finished (this rank's, under torchrun).
+        device: ``cpu``, ``cuda`` or ``cuda:i``; under torchrun ``cuda`` is the local rank's GPU.
     Returns:
-        The :class:`EvalResult` (with ``eval_id`` when recorded).
+        The :class:`EvalResult` (with ``eval_id`` when recorded). Under torchrun every rank
+        evaluates a contiguous range of the episodes and returns the same, complete result
+        (identical to a single process's); only rank 0 writes the database row and the list.
     """
     from .results import ResultsDB
 
     ev = recipe.eval
     split = split or ev.split
+    d = distributed.init(device)  # under torchrun: this rank's device, episodes split by rank
+    device = str(d.device(device))
     store = FeatureStore.open(store_path(recipe.features.cache_dir, split))
     head, ckpt = load_eval_head(
         recipe, store.dim, head_name=head_name, checkpoint=checkpoint, device=device, trust=trust
     )
     keys = store.index["key"].astype(str).tolist()
     start = time.perf_counter()
+    whole: EpisodeBatch | None = None  # the full batch, when it is at hand
     if episodes_file is not None:
-        batch, info = load_episodes(episodes_file, keys, store.usable)
+        whole, info = load_episodes(episodes_file, keys, store.usable)
         for what, given, have in (
-            ("way", n_way, batch.n_way),
-            ("shot", k_shot, batch.k_shot),
-            ("query", n_query, batch.n_query),
-            ("episodes", episodes, len(batch)),
+            ("way", n_way, whole.n_way),
+            ("shot", k_shot, whole.k_shot),
+            ("query", n_query, whole.n_query),
+            ("episodes", episodes, len(whole)),
         ):
             if given is not None and given != have:
                 raise EpisodeError(
@@ -497,6 +656,8 @@ def evaluate(
                     "option or pass another episode list"
                 )
         seed, source = info.get("seed"), f"file {episodes_file}"
+        n, sampler = len(whole), None
+        shape = (whole.n_way, whole.k_shot, whole.n_query)
     else:
         seed = ev.seed if seed is None else seed
         sampler = EpisodeSampler(
@@ -512,14 +673,32 @@ def evaluate(
             sample_views=store.num_views > 1,
             split=f"{store.path}",
         )
-        batch, source = sampler.sample(episodes or ev.episodes), "sampled"
+        n, source = int(episodes or ev.episodes), "sampled"
+        shape = (sampler.n_way, sampler.k_shot, sampler.n_query)
+        if n < 1:
+            raise EpisodeError(f"asked for {n} episodes; pass --episodes >= 1")
+
+    def fetch(a: int, b: int) -> EpisodeBatch:
+        # episode i is drawn from its own generator: a rank samples only its range
+        nonlocal whole
+        if whole is not None:
+            return whole if (a, b) == (0, len(whole)) else whole.slice(a, b)
+        assert sampler is not None
+        batch = sampler.sample(b - a, start=a)
+        if (a, b) == (0, n):
+            whole = batch
+        return batch
+
     if on_progress is not None:
-        on_progress(0, total=len(batch))
-    accs = episode_accuracies(
+        lo, hi = rank_range(n, ev.batch_episodes, d)
+        on_progress(0, total=hi - lo, label=f"rank 0 of {d.world}" if d.enabled else None)
+    accs = sharded_accuracies(
         head,
         store.features,
         store.text,
-        batch,
+        fetch,
+        n,
+        d,
         device=device,
         chunk=ev.batch_episodes,
         on_progress=on_progress,
@@ -529,10 +708,10 @@ def evaluate(
         benchmark=recipe.data.split_name or recipe.name,
         dataset=recipe.dataset or recipe.name,
         split=split,
-        n_way=batch.n_way,
-        k_shot=batch.k_shot,
-        n_query=batch.n_query,
-        n_episodes=len(batch),
+        n_way=shape[0],
+        k_shot=shape[1],
+        n_query=shape[2],
+        n_episodes=n,
         seed=None if seed is None else int(seed),
         head=str(getattr(head, "name", head_name)),
         encoder=str(store.meta.get("encoder", "unknown")),
@@ -543,14 +722,16 @@ def evaluate(
         n_missing=store.n_missing,
         missing=store.missing_summary(),
         store=str(store.path),
-        device=device,
+        device=device if not d.enabled else f"{device} x {d.world} processes",
         elapsed_s=time.perf_counter() - start,
         accuracies=accs,
         overrides=list(overrides),
     )
+    if not d.is_main:  # one result: rank 0 writes the episode list and the database row
+        return result
     if save_episodes is not None:
         info = {"seed": result.seed, "split": split, "recipe": recipe.name, "store": result.store}
-        _save_episodes(save_episodes, batch, keys, info)
+        _save_episodes(save_episodes, fetch(0, n), keys, info)
     if db is not None:
         rdb = ResultsDB(db)
         result.eval_id, result.db = rdb.add(result.fields(), accs), str(rdb.path)

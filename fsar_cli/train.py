@@ -12,6 +12,17 @@ the recipe says ``train.select_on: test``, the reference's behaviour, labelled a
 In the frozen mode the tower is not trained; what trains is the head: the temporal Transformer,
 the video-text ``scale`` and the adapter (``model.adapter: residual``, a zero-initialised residual
 MLP on the cached features through which both losses flow).
+
+Under ``torchrun`` (:mod:`fsar_cli.distributed`) rank ``r`` computes the loss of its contiguous
+share ``Dist.split(episodes_per_step)`` of every step's episodes, weighted so that the gradients
+averaged across ranks (the DistributedDataParallel update) are those of the mean loss over all
+the step's episodes, also when the split is uneven; the global episodes per step stay the
+recipe's. Validation episodes are split across ranks and their accuracies gathered (numbers
+identical to a single process). Only rank 0 writes the run folder. ``last.pt`` holds every rank's
+RNG state; a resume with the same number of processes restores each rank's own, one with another
+number reseeds every rank's dropout from ``(train.seed, step, rank)`` (logged as a warning).
+Ranks other than 0 draw dropout from a stream seeded by ``(train.seed, rank)``; rank 0 keeps the
+single-process stream.
 """
 
 from __future__ import annotations
@@ -28,9 +39,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .episodes import EpisodeBatch, EpisodeSampler
 from .errors import CacheError, TrainError
-from .evaluate import episode_accuracies
+from .evaluate import sharded_accuracies
 from .metrics import mean_and_ci95
 from .models import create_head, save_head_checkpoint
 from .recipe import Recipe
@@ -133,8 +145,10 @@ def train_step(
     *,
     micro_batch: int | None = None,
     grad_clip: float | None = None,
+    dist: distributed.Dist | None = None,
+    total: int | None = None,
 ) -> dict[str, float]:
-    """One optimiser step on the mean loss of E episodes.
+    """One optimiser step on the mean loss of E episodes (of ``total``, across ranks).
 
     Args:
         head: the head, in training mode.
@@ -143,11 +157,19 @@ def train_step(
         text_table: [C, D] text of all meta-train classes (the video-text loss's classes).
         lambda_vt: weight of the video-text loss.
         grad_clip: clip the gradient norm to this value (None: no clipping, as the reference).
+        dist: under torchrun, this process's place: ``ep`` is its share of the step's ``total``
+            episodes; this rank's loss is weighted by ``len(ep) * world / total`` and the
+            gradients are averaged across ranks, so the update is that of the mean over all
+            ``total`` episodes (uneven shares included). Every rank must call it.
+        total: the step's episodes over all ranks (default ``len(ep)``).
     Returns:
-        ``loss``, ``ce_fewshot``, ``ce_videotext``: means over the step's episodes (floats).
+        ``loss``, ``ce_fewshot``, ``ce_videotext``: means over the step's episodes (floats; over
+        all ranks' episodes under torchrun).
     """
+    d = dist or distributed.Dist()
     optimizer.zero_grad(set_to_none=True)
     n = len(ep)
+    scale = n * d.world / (n if total is None else int(total))  # 1.0 in a single process
     m = n if not micro_batch or micro_batch >= n else int(micro_batch)
     sums = {"loss": 0.0, "ce_fewshot": 0.0, "ce_videotext": 0.0}
     parts: list[dict[str, torch.Tensor]] = []
@@ -163,22 +185,25 @@ def train_step(
             text_table,
             lambda_vt,
         )
-        w = len(part) / n
-        (out["loss"] * w if m != n else out["loss"]).backward()
+        w = len(part) / n * scale
+        (out["loss"] * w if w != 1.0 else out["loss"]).backward()
         parts.append({k: out[k].detach() * w for k in sums})
+    # DistributedDataParallel's update: gradients averaged across ranks (no-op in one process)
+    d.all_reduce_grads_([p for p in head.parameters() if p.requires_grad])
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(head.parameters(), float(grad_clip))
     optimizer.step()
-    # one host sync for all three numbers
-    vals = torch.stack([sum(p[k] for p in parts) for k in sums]).float().cpu().tolist()
+    vals_t = torch.stack([sum(p[k] for p in parts) for k in sums]).float()  # [3]
+    d.all_reduce_mean_([vals_t])
+    vals = vals_t.cpu().tolist()  # one host sync for all three numbers
     return dict(zip(sums, vals, strict=True))
 
 
 # --------------------------------------------------------------------------- setup helpers
 
 
-def _device(device: str) -> torch.device:
-    dev = torch.device(device)
+def _device(d: distributed.Dist, device: str) -> torch.device:
+    dev = d.device(device)  # under torchrun "cuda" is the local rank's GPU
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TrainError(f"--device {device}: CUDA is not available here; use --device cpu")
     if dev.type not in ("cpu", "cuda"):
@@ -221,7 +246,7 @@ def _check_compatible(train: FeatureStore, other: FeatureStore) -> None:
         )
 
 
-def _check_cfg(recipe: Recipe) -> None:
+def _check_cfg(recipe: Recipe, world: int = 1) -> None:
     cfg = recipe.train
     if cfg.mode != "frozen":
         raise TrainError(
@@ -232,6 +257,12 @@ def _check_cfg(recipe: Recipe) -> None:
     for key in ("steps", "episodes_per_step", "val_every", "val_episodes", "checkpoint_every"):
         if getattr(cfg, key) < 1:
             raise TrainError(f"recipe key train.{key} must be >= 1 (got {getattr(cfg, key)})")
+    if cfg.episodes_per_step < world:
+        raise TrainError(
+            f"train.episodes_per_step={cfg.episodes_per_step} is less than the {world} processes "
+            "of this run; every rank needs at least one episode per step: launch fewer "
+            "processes (torchrun --nproc_per_node) or raise train.episodes_per_step"
+        )
 
 
 def _rng_state(dev: torch.device) -> dict[str, torch.Tensor]:
@@ -245,6 +276,29 @@ def _set_rng_state(state: dict[str, torch.Tensor], dev: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if dev.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], dev)
+
+
+def _restore_rng(
+    saved: Any, d: distributed.Dist, dev: torch.device, seed: int, step: int, run: RunDir
+) -> None:
+    """Restore this rank's RNG state from ``last.pt`` (a list in rank order, or one dict)."""
+    states = [saved] if isinstance(saved, dict) else list(saved)
+    if len(states) == d.world:
+        _set_rng_state(states[d.rank], dev)
+        return
+    # another number of processes: the episodes are the same, the dropout streams cannot be
+    torch.manual_seed(distributed.rank_seed(seed, step, d.rank))
+    if d.is_main:
+        log.warning(
+            "%s was written by %d process(es), this run has %d: the episodes stay the same but "
+            "every rank's dropout is reseeded from (train.seed, step %d, rank), so the weights "
+            "will differ from an uninterrupted run; resume with %d process(es) to reproduce it",
+            run.last,
+            len(states),
+            d.world,
+            step,
+            len(states),
+        )
 
 
 def _cpu_state(head: nn.Module) -> dict[str, torch.Tensor]:
@@ -359,20 +413,24 @@ def meta_train(
         TrainError: bad run folder, changed recipe on resume, untrainable head, unknown class
             names for a text head, non-finite loss. CacheError / EpisodeError: unusable stores.
     """
-    _check_cfg(recipe)
+    d = distributed.init(device)
+    _check_cfg(recipe, d.world)
     cfg = recipe.train
-    dev = _device(device)
+    dev = _device(d, device)
     run = RunDir(out_dir)
-    run.check(recipe, resume=resume)
+    d.on_main(lambda: run.check(recipe, resume=resume))
     su = _setup(recipe, dev)
     head, sel_split, sel_label = su.head, su.sel_split, su.sel_label
+    if d.rank > 0:  # rank 0 keeps the single-process dropout stream, the others their own
+        torch.manual_seed(distributed.rank_seed(cfg.seed, d.rank))
     if not resume:
-        run.start(recipe, argv)
+        d.on_main(lambda: run.start(recipe, argv))
     if sel_split == "test":
         log.warning(
             "train.select_on=test: checkpoints are selected on the TEST split (reference "
             "behaviour); results are labelled as such"
         )
+    progress = on_progress if d.is_main else None
 
     optimizer = build_optimizer(head, cfg)
     start, seconds = 0, 0.0
@@ -380,7 +438,7 @@ def meta_train(
     best: dict[str, Any] = {"acc": None, "ci95": None, "step": None}
     best_state: dict[str, torch.Tensor] | None = None
     final_val: list[float] | None = None
-    state = run.load_state() if resume else None
+    state = d.on_main(run.load_state) if resume else None  # read by rank 0, sent to all
     if state is not None:
         head.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer"])
@@ -389,25 +447,28 @@ def meta_train(
         start, seconds = int(state["step"]), float(state["seconds"])
         last_loss = state.get("last_loss")
         best, best_state, final_val = dict(state["best"]), state["best_state"], state["final_val"]
-        _set_rng_state(state["rng"], dev)
-        if best_state is not None:  # best.pt consistent with the state, whatever a kill left
+        _restore_rng(state["rng"], d, dev, cfg.seed, start, run)
+        if best_state is not None and d.is_main:  # best.pt consistent with the state
             _save_best(run, head, best_state, best, recipe, sel_label)
         log.info("resuming %s from step %d", run.path, start)
     elif resume:
         log.info("resuming %s: no checkpoint yet, starting at step 0", run.path)
-    metrics = MetricsLog(run.metrics, keep_upto=start if resume else None)
+    metrics = MetricsLog(run.metrics, keep_upto=start if resume else None) if d.is_main else None
 
     N, E = int(cfg.steps), int(cfg.episodes_per_step)
     stop = N if max_steps is None else max(start, min(N, int(max_steps)))
-    if on_progress is not None:
-        on_progress(start, total=stop, label=f"from step {start}" if start else None)
+    lo, hi = d.split(E)  # this rank's episodes of every step: lo .. hi-1
+    val_n = len(su.val_batch)
+    if progress is not None:
+        progress(start, total=stop, label=f"from step {start}" if start else None)
     t0 = time.perf_counter() - seconds
     label_val = ""
     for step in range(start, stop):
         lr = lr_at(step, cfg)
         set_lr(optimizer, lr)
-        # episodes step*E .. step*E+E-1: the same whether or not the run was interrupted
-        batch = su.sampler.sample(E, start=step * E)
+        # episodes step*E .. step*E+E-1: the same whether or not the run was interrupted, and
+        # however many ranks share them
+        batch = su.sampler.sample(hi - lo, start=step * E + lo)
         ep = episode_tensors(batch, su.train_store.features, su.text_table, dev)
         out = train_step(
             head,
@@ -417,8 +478,10 @@ def meta_train(
             cfg.lambda_vt,
             micro_batch=micro_batch,
             grad_clip=cfg.grad_clip,
+            dist=d,
+            total=E,
         )
-        if not math.isfinite(out["loss"]):
+        if not math.isfinite(out["loss"]):  # all-reduced: every rank stops here
             raise TrainError(
                 f"loss is {out['loss']} at step {step + 1}; lower train.lr (now {cfg.lr}) or "
                 "check the cached features for NaN/inf (last good state: last.pt)"
@@ -427,8 +490,14 @@ def meta_train(
         last_loss = out["loss"]
         row: dict[str, Any] = {"step": done, **out, "lr": lr}
         if done % cfg.val_every == 0 or done == N:
-            accs = episode_accuracies(
-                head, su.val_store.features, su.val_store.text, su.val_batch, device=str(dev)
+            accs = sharded_accuracies(
+                head,
+                su.val_store.features,
+                su.val_store.text,
+                su.val_batch.slice,
+                val_n,
+                d,
+                device=str(dev),
             )
             acc, ci = mean_and_ci95(accs)
             final_val = [acc, ci]
@@ -436,29 +505,35 @@ def meta_train(
             label_val = f" · {sel_split} {acc:.1%}"
             if best["acc"] is None or acc > best["acc"]:
                 best = {"acc": acc, "ci95": ci, "step": done}
-                best_state = _cpu_state(head)
-                _save_best(run, head, None, best, recipe, sel_label)
+                if d.is_main:
+                    best_state = _cpu_state(head)
+                    _save_best(run, head, None, best, recipe, sel_label)
             log.info("step %d: loss %.4f, %s acc %.4f ± %.4f", done, last_loss, sel_split, acc, ci)
         row["seconds"] = time.perf_counter() - t0
-        metrics.append(row)
+        if metrics is not None:
+            metrics.append(row)
         if done % cfg.checkpoint_every == 0 or done == stop:
-            run.save_state(
-                {
-                    "step": done,
-                    "model_state": _cpu_state(head),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": _rng_state(dev),  # after validation: resumes draw the same dropout
-                    "best": best,
-                    "best_state": best_state,
-                    "final_val": final_val,
-                    "seconds": time.perf_counter() - t0,
-                    "head": head.name,
-                    "mode": "frozen",
-                    "last_loss": last_loss,
-                }
-            )
-        if on_progress is not None:
-            on_progress(1, label=f"loss {last_loss:.3f}{label_val}")
+            # after validation: resumes draw the same dropout; every rank's stream, in rank order
+            rngs = d.all_gather_object(_rng_state(dev))
+            if d.is_main:
+                run.save_state(
+                    {
+                        "step": done,
+                        "model_state": _cpu_state(head),
+                        "optimizer": optimizer.state_dict(),
+                        "rng": rngs,
+                        "world_size": d.world,
+                        "best": best,
+                        "best_state": best_state,
+                        "final_val": final_val,
+                        "seconds": time.perf_counter() - t0,
+                        "head": head.name,
+                        "mode": "frozen",
+                        "last_loss": last_loss,
+                    }
+                )
+        if progress is not None:
+            progress(1, label=f"loss {last_loss:.3f}{label_val}")
 
     steps_done = max(start, stop)
     result = TrainResult(
@@ -481,6 +556,16 @@ def meta_train(
         device=str(dev),
         seconds=time.perf_counter() - t0,
     )
+    if d.is_main:
+        _write_summary(run, result, recipe, su, sel_split, d.world)
+    d.barrier()  # no rank returns before the run folder is complete
+    return result
+
+
+def _write_summary(
+    run: RunDir, result: TrainResult, recipe: Recipe, su: _Setup, sel_split: str, world: int
+) -> None:
+    cfg, E = recipe.train, int(recipe.train.episodes_per_step)
     run.write_summary(
         {
             **result.to_dict(),
@@ -490,6 +575,7 @@ def meta_train(
             "text_encoder_random": su.train_store.meta.get("text_encoder_random"),
             "weights_sha256": su.train_store.meta.get("weights_sha256"),
             "episodes_per_step": E,
+            "world_size": world,
             "episode": {"n_way": cfg.n_way, "k_shot": cfg.k_shot, "n_query": cfg.n_query},
             "validation": {
                 "split": sel_split,
@@ -506,7 +592,6 @@ def meta_train(
             },
         }
     )
-    return result
 
 
 def _save_best(

@@ -1,7 +1,12 @@
-"""``fsar cache``: encode every video of a recipe's splits with CLIP and cache the features."""
+"""``fsar cache``: encode every video of a recipe's splits with CLIP and cache the features.
+
+Under ``torchrun --nproc_per_node N -m fsar_cli cache ...`` rank ``r`` caches shard ``r/N`` and
+rank 0 assembles the stores, shows the progress bar and prints the table.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -82,8 +87,9 @@ def cache(
     shard: Annotated[
         str | None,
         typer.Option(
-            help="i/n: encode only every n-th chunk starting at i (n processes, or "
-            "torchrun: $RANK/$WORLD_SIZE); the last one to finish assembles the store."
+            help="i/n: encode only every n-th chunk starting at i (n independent processes); "
+            "the last one to finish assembles the store. Not needed under torchrun, where rank "
+            "r of n caches shard r/n."
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
@@ -94,6 +100,7 @@ def cache(
 ) -> None:
     """Cache per-frame CLIP features of every video (resumable; rerun to finish; shardable)."""
     with cli_errors():
+        from .. import distributed
         from ..cache import cache_features, parse_shard
         from ..recipe import SPLITS, load_recipe, write_resolved
 
@@ -106,14 +113,22 @@ def cache(
         )
         cfg = dataclasses.replace(cfg, features=feats)
         shard_t = parse_shard(shard) if shard else None
-        with progress("cache") as advance:
-            result = cache_features(
-                cfg,
-                splits=tuple(split or SPLITS),
-                shard=shard_t,
-                on_progress=advance,
-                device=_device(device),
-            )
+        dev = _device(device)
+        d = distributed.init(dev)  # a no-op unless launched by torchrun
+        bar = progress("cache") if d.is_main else contextlib.nullcontext(lambda n=1, **_kw: None)
+        try:
+            with bar as advance:
+                result = cache_features(
+                    cfg,
+                    splits=tuple(split or SPLITS),
+                    shard=shard_t,
+                    on_progress=advance,
+                    device=dev,
+                )
+        finally:
+            distributed.shutdown()
+        if not d.is_main:
+            return
         write_resolved(cfg, result.cache_dir, argv=["fsar", *sys.argv[1:]])
     _render(result)
 

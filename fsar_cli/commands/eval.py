@@ -1,7 +1,13 @@
-"""``fsar eval``: mean accuracy and 95% CI over seeded test episodes, with full provenance."""
+"""``fsar eval``: mean accuracy and 95% CI over seeded test episodes, with full provenance.
+
+Under ``torchrun --nproc_per_node N -m fsar_cli eval ...`` each rank evaluates a contiguous range
+of the episodes; rank 0 gathers the accuracies (the result is identical to one process's), prints
+the table and records the one database row.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -110,32 +116,44 @@ def eval_command(
     Same recipe, seed and checkpoint give the same episodes and accuracy on any machine. The
     result, with its provenance and per-episode accuracies, is appended to the results database.
     """
+    from .. import distributed
     from ..evaluate import evaluate
     from ..recipe import load_recipe
     from ..results import default_db_path
 
     with cli_errors():
         cfg = load_recipe(recipe, overrides or [])
-        with progress(f"evaluating {cfg.name}") as advance:
-            result = evaluate(
-                cfg,
-                head_name=head,
-                checkpoint=checkpoint,
-                n_way=way,
-                k_shot=shot,
-                n_query=query,
-                episodes=episodes,
-                seed=seed,
-                split=split,
-                allow_missing=allow_missing,
-                episodes_file=episodes_file,
-                save_episodes=save_episodes,
-                device=device,
-                db=None if no_record else (db or default_db_path()),
-                overrides=overrides or [],
-                trust=trust,
-                on_progress=advance,
-            )
+        d = distributed.init(device)  # a no-op unless launched by torchrun
+        bar = (
+            progress(f"evaluating {cfg.name}")
+            if d.is_main
+            else contextlib.nullcontext(lambda n=1, **_kw: None)
+        )
+        try:
+            with bar as advance:
+                result = evaluate(
+                    cfg,
+                    head_name=head,
+                    checkpoint=checkpoint,
+                    n_way=way,
+                    k_shot=shot,
+                    n_query=query,
+                    episodes=episodes,
+                    seed=seed,
+                    split=split,
+                    allow_missing=allow_missing,
+                    episodes_file=episodes_file,
+                    save_episodes=save_episodes,
+                    device=device,
+                    db=None if no_record else (db or default_db_path()),
+                    overrides=overrides or [],
+                    trust=trust,
+                    on_progress=advance,
+                )
+        finally:
+            distributed.shutdown()
+    if not d.is_main:
+        return
     console.print(result_table(result))
     if save_episodes is not None:
         console.print(f"episodes written to {save_episodes}")

@@ -1,7 +1,13 @@
-"""``fsar train``: meta-train a few-shot head on cached features into a resumable run folder."""
+"""``fsar train``: meta-train a few-shot head on cached features into a resumable run folder.
+
+Under ``torchrun --nproc_per_node N -m fsar_cli train ...`` every rank runs this command; the
+library splits each step's episodes across ranks, and only rank 0 shows the progress bar, writes
+the run folder and prints the summary table.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -48,6 +54,7 @@ def train(
     Selects the checkpoint on the val split; resumable with --resume. Writes
     OUT/resolved_recipe.yaml, last.pt, best.pt, metrics.csv and summary.json.
     """
+    from .. import distributed
     from ..recipe import load_recipe
 
     with cli_errors():
@@ -62,16 +69,29 @@ def train(
         else:
             from ..train import meta_train as train_fn
         what = f"{cfg.train.mode} {cfg.model.head}"
-        with progress(f"training {what}", total=cfg.train.steps) as advance:
-            result = train_fn(
-                cfg,
-                out,
-                resume=resume,
-                device=device,
-                on_progress=advance,
-                max_steps=steps,
-                argv=["fsar", *sys.argv[1:]],
-            )
+        d = distributed.init(device)  # a no-op unless launched by torchrun
+        if d.enabled:
+            what += f", {d.world} processes"
+        bar = (
+            progress(f"training {what}", total=cfg.train.steps)
+            if d.is_main
+            else contextlib.nullcontext(lambda n=1, **_kw: None)  # one bar: rank 0's
+        )
+        try:
+            with bar as advance:
+                result = train_fn(
+                    cfg,
+                    out,
+                    resume=resume,
+                    device=device,
+                    on_progress=advance,
+                    max_steps=steps,
+                    argv=["fsar", *sys.argv[1:]],
+                )
+        finally:
+            distributed.shutdown()
+    if not d.is_main:
+        return
     table = Table(title=f"fsar train: {cfg.name} ({what})", show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
