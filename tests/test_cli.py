@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from fsar_cli.cli import app
 from fsar_cli.errors import RecipeError
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO.parent / "shared" / "fixtures" / "ssv2_tiny"
 
 
 def test_help_lists_commands() -> None:
@@ -49,3 +55,75 @@ def test_debug_switch_re_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     result = runner.invoke(app, ["recipes", "show", "nope"])
     assert result.exit_code != 0
     assert isinstance(result.exception, RecipeError)
+
+
+def test_importing_the_cli_does_not_import_torch() -> None:
+    # `fsar --help` stays fast: command modules import torch-heavy library code when they run.
+    code = "import fsar_cli.cli, sys; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    code = "import fsar_cli.cli, sys; print(sorted({'clip', 'cv2', 'pandas'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def _tiny_recipe(tmp: Path) -> Path:
+    """Two test classes of two fixture videos, features of a tiny CLIP (32x32)."""
+    splits = tmp / "splits"
+    splits.mkdir()
+    lines = [
+        f"test{c}/{v}"
+        for c in range(2)
+        for v in sorted(p.name for p in (TINY / "test" / f"test{c}").iterdir())[:2]
+    ]
+    (splits / "test_few_shot.txt").write_text("\n".join(lines) + "\n")
+    doc = {
+        "name": "tiny",
+        "data": {
+            "split_dir": str(splits),
+            "frames_root": str(TINY),
+            "frames_layout": "{split}/{class_field}/{video_id}",
+            "classes": {"test": ["pouring", "folding"]},
+        },
+        "features": {
+            "encoder": "ViT-B/32",  # the run folder's tower.json must win over it
+            "resize": 40,
+            "crop": 32,
+            "workers": 0,
+            "cache_dir": str(tmp / "cache"),
+        },
+    }
+    path = tmp / "tiny.yaml"
+    path.write_text(json.dumps(doc))  # JSON is YAML
+    return path
+
+
+def test_cache_weights_run_folder_uses_its_fine_tuned_tower(tmp_path: Path) -> None:
+    import torch
+
+    from fsar_cli.encoders.clip import ARCHS, TOWER_FILE, TOWER_META
+    from fsar_cli.store import FeatureStore, store_path
+
+    recipe = _tiny_recipe(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    args = ["cache", str(recipe), "--split", "test", "--device", "cpu", "--weights", str(run)]
+    result = runner.invoke(app, args)  # a frozen-mode run folder: no tower.pt
+    assert result.exit_code == 1
+    assert "frozen-mode runs train only the head" in " ".join(result.output.split())
+
+    from clip.model import CLIP
+
+    torch.manual_seed(4)
+    visual = CLIP(**ARCHS["tiny"]).visual
+    torch.save({f"visual.{k}": v for k, v in visual.state_dict().items()}, run / TOWER_FILE)
+    (run / TOWER_META).write_text(json.dumps({"format": "fsar-tower/1", "encoder": "random:tiny"}))
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    store = FeatureStore.open(store_path(tmp_path / "cache", "test"))
+    assert store.meta["encoder"] == "random:tiny" and store.meta["text_encoder_random"] is True
+    sha = hashlib.sha256((run / TOWER_FILE).read_bytes()).hexdigest()
+    assert store.meta["weights_sha256"] == sha
+    resolved = yaml.safe_load((tmp_path / "cache" / "resolved_recipe.yaml").read_text())
+    assert resolved["features"]["weights"] == str(run / TOWER_FILE)
+    assert resolved["features"]["encoder"] == "random:tiny"

@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from fsar_cli.encoders.clip import ARCHS, RANDOM_LABEL, Encoder, available_encoders, load_encoder
+from fsar_cli.encoders.clip import (
+    ARCHS,
+    RANDOM_LABEL,
+    TOWER_FILE,
+    TOWER_META,
+    Encoder,
+    available_encoders,
+    load_encoder,
+    resolve_weights,
+)
 from fsar_cli.errors import EncoderError
 
 with warnings.catch_warnings():
@@ -127,6 +136,82 @@ def test_visual_tower_only_weights(tiny: Encoder, tmp_path: Path, style: str) ->
     assert not torch.allclose(enc.encode_text(["a"]), tiny.encode_text(["a"]))
     with pytest.raises(EncoderError, match="name its architecture"):
         load_encoder("no-such-arch", weights=path)
+
+
+def _tower_file(tmp_path: Path, seed: int) -> tuple[Path, CLIP]:
+    """A visual-only weights file (as ``fsar train --mode finetune`` writes) of a tiny CLIP."""
+    torch.manual_seed(seed)
+    source = CLIP(**ARCHS["tiny"]).float().eval()
+    path = tmp_path / f"tower-{seed}.pt"
+    torch.save({f"visual.{k}": v for k, v in source.visual.state_dict().items()}, path)
+    return path, source
+
+
+def test_fine_tuned_official_tower_keeps_the_official_text_tower(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A tiny stand-in for OpenAI's ViT-B/16: clip.load returns it, no network is touched.
+    monkeypatch.setitem(ARCHS, "ViT-B/16", ARCHS["tiny"])
+    torch.manual_seed(1)
+    official = CLIP(**ARCHS["tiny"]).float().eval()
+    calls = []
+
+    def fake_load(name: str, device: str = "cpu", jit: bool = True, download_root=None):
+        calls.append((name, download_root))
+        return official, None
+
+    monkeypatch.setattr(clip, "load", fake_load)
+    path, tuned = _tower_file(tmp_path, seed=2)
+    enc = load_encoder("ViT-B/16", weights=path, download_root=tmp_path)
+    assert calls == [("ViT-B/16", str(tmp_path))]
+    assert not enc.is_random and not enc.text_random and RANDOM_LABEL not in enc.label
+    assert enc.weights_sha256 == _sha(path) and enc.weights_path == str(path)
+    x = _images()
+    with torch.no_grad():
+        torch.testing.assert_close(enc.encode_images(x), tuned.visual(x))
+        tokens = clip.tokenize(["a b"], context_length=official.context_length)
+        torch.testing.assert_close(enc.encode_text(["a b"]), official.encode_text(tokens))
+    # random:<name> keeps the seeded random text tower, labelled
+    rnd = load_encoder("random:ViT-B/16", weights=path, seed=5)
+    assert rnd.text_random and RANDOM_LABEL in rnd.label and len(calls) == 1
+    assert not torch.allclose(rnd.encode_text(["a b"]), enc.encode_text(["a b"]))
+
+
+def test_fine_tuned_official_tower_offline_names_the_text_tower_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def offline(url: str, root: str) -> str:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setitem(ARCHS, "ViT-B/16", ARCHS["tiny"])
+    monkeypatch.setattr(clip.clip, "_download", offline)
+    monkeypatch.setenv("HOME", str(tmp_path))  # the default root: ~/.cache/clip
+    path, _ = _tower_file(tmp_path, seed=2)
+    with pytest.raises(EncoderError) as err:
+        load_encoder("ViT-B/16", weights=path)
+    msg = str(err.value)
+    assert str(tmp_path / ".cache" / "clip" / "ViT-B-16.pt") in msg and str(path) in msg
+    assert "official ViT-B/16 text tower" in msg and "no network" in msg
+
+
+def test_a_run_folder_means_its_fine_tuned_tower(tmp_path: Path, tiny: Encoder) -> None:
+    from fsar_cli import finetune
+
+    assert (finetune.TOWER_FILE, finetune.TOWER_META) == (TOWER_FILE, TOWER_META)
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(EncoderError, match="frozen-mode runs train only the head"):
+        resolve_weights(run)
+    path, _ = _tower_file(tmp_path, seed=3)
+    (run / TOWER_FILE).write_bytes(path.read_bytes())
+    with pytest.raises(EncoderError, match=r"tower.json.*--encoder"):
+        resolve_weights(run)  # no tower.json and no name
+    (run / TOWER_META).write_text('{"format": "fsar-tower/1", "encoder": "random:tiny"}')
+    assert resolve_weights(run) == (run / TOWER_FILE, "random:tiny")
+    assert resolve_weights(run, "ViT-B/32") == (run / TOWER_FILE, "ViT-B/32")
+    assert resolve_weights(path) == (path, None)
+    enc = load_encoder("random:tiny", weights=run)
+    assert enc.weights_path == str(run / TOWER_FILE) and enc.weights_sha256 == _sha(path)
 
 
 def test_weights_that_do_not_fit_the_named_architecture(tiny: Encoder, tmp_path: Path) -> None:

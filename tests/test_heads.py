@@ -257,6 +257,42 @@ def test_decomposed_pieces_equal_batch(merge_before: bool) -> None:
         torch.testing.assert_close(head.match(q_enc, protos), want, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("k", [1, K])
+@pytest.mark.parametrize("merge_before", [True, False])
+@pytest.mark.parametrize("name", list_heads())
+def test_every_head_has_a_consistent_decomposed_api(name: str, merge_before: bool, k: int) -> None:
+    """What the fast evaluator assumes of every head: encode_support / merged_prototypes /
+    prototypes / encode_query / match rebuild batch_episode_logits (the text head once kept the
+    base identity encode_support, which turned its per-video prototypes into raw features)."""
+    head = _make(name)
+    head.merge_before = merge_before  # as the evaluator sets it from model.merge_before
+    s, lab, q, _, t = _episodes(9, k=k)
+    with torch.no_grad():
+        want = head.batch_episode_logits(s, lab, q, t)
+        order = torch.argsort(lab, dim=1, stable=True)
+        grouped = torch.stack([s[e, order[e]] for e in range(E)]).reshape(E, W, k, T, D)
+        protos = head.prototypes(grouped, t)  # [E, W, T, D]
+        text_per = t.unsqueeze(2).expand(E, W, k, D).reshape(-1, D)  # each shot's class text
+        per_video = head.encode_support(grouped.reshape(-1, T, D), text_per)  # [E*W*k, T, D]
+        assert per_video.shape == (E * W * k, T, D)
+        if not merge_before or k == 1:
+            torch.testing.assert_close(per_video.reshape(E, W, k, T, D).mean(2), protos)
+        if merge_before or k == 1:
+            torch.testing.assert_close(head.merged_prototypes(grouped, t), protos)
+        q_enc = head.encode_query(q.reshape(-1, T, D)).reshape(E, NQ, T, D)
+        torch.testing.assert_close(head.match(q_enc, protos), want, atol=1e-6, rtol=0)
+
+
+def test_text_head_support_encoding_is_the_class_text() -> None:
+    head = create_head("text", D)
+    x, text = torch.randn(5, T, D), torch.randn(5, D)
+    out = head.encode_support(x, text)
+    assert out.shape == (5, T, D)
+    torch.testing.assert_close(out, text[:, None].expand(5, T, D))
+    with pytest.raises(EpisodeError, match="class text"):
+        head.encode_support(x)
+
+
 def test_batch_loss_is_mean_of_episode_losses() -> None:
     head = _make("clipfsar")
     s, lab, q, ql, t = _episodes(8)

@@ -82,7 +82,11 @@ def cache(
     ] = None,
     weights: Annotated[
         Path | None,
-        typer.Option(help="Local CLIP weights file (OpenAI .pt, state dict, or visual tower)."),
+        typer.Option(
+            help="Local CLIP weights file (OpenAI .pt, state dict, or visual tower), or a run "
+            "folder of `fsar train --mode finetune` (its tower.pt; the encoder from its "
+            "tower.json unless --encoder is given)."
+        ),
     ] = None,
     shard: Annotated[
         str | None,
@@ -106,11 +110,13 @@ def cache(
 
         cfg = load_recipe(recipe, list(overrides or []))
         feats = cfg.features
-        feats = dataclasses.replace(
-            feats,
-            encoder=encoder or feats.encoder,
-            weights=str(weights) if weights is not None else feats.weights,
-        )
+        weights_v = str(weights) if weights is not None else feats.weights
+        if weights_v is not None:  # a fine-tuned run folder -> its tower.pt (+ tower.json's name)
+            from ..encoders.clip import resolve_weights
+
+            path, encoder = resolve_weights(weights_v, encoder)
+            weights_v = str(path)
+        feats = dataclasses.replace(feats, encoder=encoder or feats.encoder, weights=weights_v)
         cfg = dataclasses.replace(cfg, features=feats)
         shard_t = parse_shard(shard) if shard else None
         dev = _device(device)

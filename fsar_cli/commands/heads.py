@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from ..console import cli_errors, console
-from ..models import describe_heads, import_reference_checkpoint
 
 ORDER = 30
 
@@ -17,6 +16,8 @@ ORDER = 30
 def heads() -> None:
     """List the few-shot heads (set one with --set model.head=NAME)."""
     with cli_errors():
+        from ..models import describe_heads  # imports torch: only when the command runs
+
         rows = describe_heads()
     table = Table(title="few-shot heads")
     table.add_column("name", style="bold cyan")
@@ -47,6 +48,8 @@ def import_checkpoint(
 ) -> None:
     """Convert a reference CLIP-FSAR checkpoint into an fsar head checkpoint (+ visual tower)."""
     with cli_errors():
+        from ..models import import_reference_checkpoint  # imports torch
+
         result = import_reference_checkpoint(path, out, trust=trust)
     info = result.info
     table = Table(title=f"imported {result.source}", show_header=False)

@@ -7,7 +7,10 @@ The only module of fsar that imports OpenAI's ``clip`` package. Three ways to ge
 - ``weights=PATH``: an OpenAI TorchScript archive, a plain CLIP state dict (also wrapped in a
   ``state_dict`` / ``model`` / ``model_state`` entry), or a visual-tower-only dict (``visual.*``
   keys, or the reference checkpoint's ``head.backbone.*``), for which the architecture named by
-  ``name`` is built and only its visual tower is loaded (the text tower stays random, labelled);
+  ``name`` is built and only its visual tower is loaded. The text tower of an official name is
+  OpenAI's (``clip.load(name)``: a fine-tuned official tower keeps the official text features);
+  with ``random:<name>`` / ``tiny`` it is random (seeded, labelled). ``PATH`` may also be a run
+  folder of ``fsar train --mode finetune``: its ``tower.pt`` (see :func:`resolve_weights`);
 - ``random:<official name>`` or ``random:tiny``: a randomly initialised CLIP with the official
   hyper-parameters (or a tiny ViT), seeded, for tests and offline runs. Results made with random
   weights carry :data:`RANDOM_LABEL`.
@@ -18,6 +21,7 @@ Weights are kept in float32; on CUDA the image tower runs under fp16 autocast.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -37,11 +41,25 @@ with warnings.catch_warnings():  # clip imports pkg_resources, which warns on im
     import clip
     from clip.model import CLIP, build_model
 
-__all__ = ["Encoder", "load_encoder", "available_encoders", "ARCHS", "RANDOM_LABEL"]
+__all__ = [
+    "Encoder",
+    "load_encoder",
+    "available_encoders",
+    "resolve_weights",
+    "ARCHS",
+    "RANDOM_LABEL",
+    "TOWER_FILE",
+    "TOWER_META",
+]
 
 log = logging.getLogger(__name__)
 
 RANDOM_LABEL = "RANDOM WEIGHTS — not OpenAI CLIP"
+
+#: The fine-tuned visual tower in a run folder, and the JSON naming its encoder (the names
+#: :mod:`fsar_cli.finetune` writes; a test keeps the two in step).
+TOWER_FILE = "tower.pt"
+TOWER_META = "tower.json"
 
 
 def _arch(embed, res, layers, width, patch, text_width, text_heads, text_layers=12):
@@ -283,8 +301,12 @@ def _check_shapes(sd: dict[str, torch.Tensor], arch: str, path: Path) -> None:
             )
 
 
-def _load_file(name: str, path: Path, seed: int) -> tuple[CLIP, bool]:
-    """Build a model from a weights file. Returns (model, text_random)."""
+def _load_file(name: str, path: Path, seed: int, root: str) -> tuple[CLIP, bool]:
+    """Build a model from a weights file. Returns (model, text_random).
+
+    A visual-only file of an official architecture gets OpenAI's text tower (from ``root``);
+    ``random:<name>`` and ``tiny`` get a random one (seed ``seed``).
+    """
     sd = _read_state_dict(path)
     arch = _arch_name(name)
     if not sd:
@@ -308,7 +330,8 @@ def _load_file(name: str, path: Path, seed: int) -> tuple[CLIP, bool]:
                 f"with --encoder (one of {', '.join(ARCHS)})"
             )
         _check_shapes(sd, arch, path)
-        model = _random_model(arch, seed)
+        official = name in clip.available_models()
+        model = _load_official(name, root, tower=path) if official else _random_model(arch, seed)
         try:
             model.visual.load_state_dict({k.removeprefix("visual."): v for k, v in sd.items()})
         except RuntimeError as exc:
@@ -316,6 +339,9 @@ def _load_file(name: str, path: Path, seed: int) -> tuple[CLIP, bool]:
                 f"weights file {str(path)!r} does not fit a {arch} visual tower: "
                 f"{str(exc).splitlines()[0]}"
             ) from None
+        if official:
+            log.info("%s: fine-tuned visual tower, OpenAI %s text tower", path, name)
+            return model, False
         log.warning("%s holds only the visual tower: the text tower is random", path)
         return model, True
     raise EncoderError(
@@ -324,7 +350,12 @@ def _load_file(name: str, path: Path, seed: int) -> tuple[CLIP, bool]:
     )
 
 
-def _load_official(name: str, root: str) -> CLIP:
+def _load_official(name: str, root: str, *, tower: Path | None = None) -> CLIP:
+    """``clip.load(name)`` from ``root`` (downloaded when absent and the network allows).
+
+    ``tower``: the visual-only weights file the model is loaded for (only its text tower is kept),
+    named in the error.
+    """
     url = clip.clip._MODELS[name]
     target = Path(root) / os.path.basename(url)
     sha = url.split("/")[-2]
@@ -334,6 +365,14 @@ def _load_official(name: str, root: str) -> CLIP:
         model, _ = clip.load(name, device="cpu", jit=False, download_root=root)
     except Exception as exc:
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        if tower is not None:
+            raise EncoderError(
+                f"weights file {str(tower)!r} holds only a fine-tuned {name} visual tower; the "
+                f"text features need the official {name} text tower, expected at {target} "
+                f"(SHA-256 {sha}), and downloading {url} failed ({reason}). With internet, rerun "
+                f"and fsar downloads it; offline, copy the file {target.name} there (the "
+                f"encoder random:{name} gives a random text tower instead, for tests only)"
+            ) from None
         raise EncoderError(
             f"cannot load CLIP {name!r}: expected the OpenAI weights at {target} (SHA-256 {sha}), "
             f"and downloading {url} failed ({reason}). With internet, rerun and fsar downloads it; "
@@ -343,6 +382,49 @@ def _load_official(name: str, root: str) -> CLIP:
     finally:
         socket.setdefaulttimeout(old)
     return model
+
+
+def resolve_weights(weights: str | Path, name: str | None = None) -> tuple[Path, str | None]:
+    """A ``--weights`` value: a weights file as it is, or a fine-tuned run folder's tower.
+
+    Args:
+        weights: a weights file, or a run folder of ``fsar train --mode finetune`` (which holds
+            the fine-tuned visual tower as ``tower.pt`` and its encoder name in ``tower.json``).
+        name: the encoder asked for (``--encoder``); ``None`` takes a run folder's from
+            ``tower.json``.
+
+    Returns:
+        ``(weights file, encoder name)``: the name is ``name`` when given, else ``tower.json``'s
+        for a run folder, else ``None``.
+
+    Raises:
+        EncoderError: a folder without ``tower.pt``, or with no readable ``tower.json`` when
+            ``name`` is ``None``.
+    """
+    path = Path(os.path.expanduser(str(weights)))
+    if not path.is_dir():
+        return path, name
+    tower, meta = path / TOWER_FILE, path / TOWER_META
+    if not tower.is_file():
+        raise EncoderError(
+            f"{str(path)!r} is a folder without {TOWER_FILE}: this run folder has no fine-tuned "
+            "tower; frozen-mode runs train only the head (cache with the encoder's own weights, "
+            f"i.e. without --weights; --weights takes a weights file or a run folder of "
+            "`fsar train --mode finetune`)"
+        )
+    if name is not None:
+        return tower, name
+    try:
+        info = json.loads(meta.read_text())
+        found = info["encoder"]
+        if not isinstance(found, str) or not found:
+            raise ValueError(f"'encoder' is {found!r}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EncoderError(
+            f"cannot read the encoder of {str(tower)!r} from {str(meta)!r} "
+            f"({type(exc).__name__}: {exc}); name the tower's architecture with --encoder"
+        ) from None
+    return tower, found
 
 
 def load_encoder(
@@ -359,21 +441,25 @@ def load_encoder(
         name: ``RN50``, ``ViT-B/16``, ... ; ``random:<name>`` / ``random:tiny`` for random weights;
             with ``weights``, the architecture of a visual-only file (ignored for whole models,
             except that an official name must match the file's shapes).
-        weights: a local weights file (TorchScript archive or state dict).
+        weights: a local weights file (TorchScript archive or state dict), or a fine-tuned run
+            folder (its ``tower.pt``; ``name`` must be its architecture, see
+            :func:`resolve_weights`).
         device: where the model runs (weights stay float32).
         seed: seed of random initialisations.
         download_root: where official weights are kept (default ``~/.cache/clip``).
 
     Raises:
-        EncoderError: unknown name, unreadable or mismatched weights, or no network for a download.
+        EncoderError: unknown name, unreadable or mismatched weights, or no network for a download
+            (also of the official text tower of a visual-only file).
     """
+    root = str(download_root or os.path.expanduser("~/.cache/clip"))
     if weights is not None:
-        path = Path(os.path.expanduser(str(weights)))
+        path, _ = resolve_weights(weights, name)
         if not path.is_file():
             raise EncoderError(
                 f"weights file {str(path)!r} does not exist (from --weights / features.weights)"
             )
-        model, text_random = _load_file(name, path, seed)
+        model, text_random = _load_file(name, path, seed, root)
         return Encoder(
             model,
             name=name,
@@ -395,7 +481,6 @@ def load_encoder(
             model, name=name, is_random=True, weights_sha256=_state_sha256(model), device=device
         )
     if name in clip.available_models():
-        root = str(download_root or os.path.expanduser("~/.cache/clip"))
         sha = clip.clip._MODELS[name].split("/")[-2]  # clip.load verified the file against it
         return Encoder(
             _load_official(name, root),

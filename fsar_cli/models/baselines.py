@@ -83,7 +83,9 @@ class TextHead(ProtoHead):
     """CLIP zero-shot: logits = cos(frame mean of the query, class text); supports are ignored.
 
     The prototype of class j is its text feature, repeated over the T frames so the shared
-    ``match`` (cosine of frame means) applies unchanged.
+    ``match`` (cosine of frame means) applies unchanged; the decomposed pieces agree with it:
+    ``encode_support`` maps each support video to its class text over T (the mean of a class's
+    shots is then that text again), whichever of merge-before / merge-after is set.
 
     Args:
         dim: feature width D (nothing is learned).
@@ -91,6 +93,13 @@ class TextHead(ProtoHead):
 
     name = "text"
     uses_text = True
+
+    def encode_support(self, x: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N, T, D]`` supports (only T is read) + class text ``[N, D]`` -> ``[N, T, D]``."""
+        if text is None:
+            raise EpisodeError("the text head needs the class text of every support [N, D]")
+        n, t, d = x.shape
+        return text.to(x.dtype).unsqueeze(-2).expand(n, t, d)  # [N, D] -> [N, T, D]
 
     def merged_prototypes(
         self, support: torch.Tensor, text: torch.Tensor | None = None

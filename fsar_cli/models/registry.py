@@ -71,7 +71,14 @@ class FewShotHead(nn.Module):
     """Base class: the episode API shared by every head.
 
     Subclasses implement ``encode_query``, ``encode_support``, ``merged_prototypes`` and ``match``;
-    ``prototypes`` picks merge-before or merge-after from ``merge_before``. Class attributes:
+    ``prototypes`` picks merge-before or merge-after from ``merge_before``. The pieces must agree
+    (the fast evaluator relies on it, and a test checks every registered head):
+    ``prototypes(support, text)`` equals ``merged_prototypes`` for merge-before or K = 1, and the
+    mean over the K shots of ``encode_support(shot, its class text)`` for merge-after or K = 1. The
+    base ``encode_support`` (identity) and ``merged_prototypes`` (mean of the shots) fit heads whose
+    prototypes are the supports themselves; a head that builds prototypes otherwise overrides
+    both. The evaluator encodes supports one video at a time only for heads that override
+    ``encode_support``, so an identity one costs nothing there. Class attributes:
     ``name``, ``uses_text`` (needs class text), ``trainable`` (has parameters to train),
     ``description`` (one line for ``fsar heads``). ``init_kwargs`` holds the constructor arguments
     (plain values) so a checkpoint can rebuild the head.
