@@ -23,6 +23,10 @@ RNG state; a resume with the same number of processes restores each rank's own, 
 number reseeds every rank's dropout from ``(train.seed, step, rank)`` (logged as a warning).
 Ranks other than 0 draw dropout from a stream seeded by ``(train.seed, rank)``; rank 0 keeps the
 single-process stream.
+
+Parts: the setup (stores, head, samplers) is :mod:`fsar_cli.train_setup`, one optimiser step
+:mod:`fsar_cli.train_step`, the per-rank RNG streams :mod:`fsar_cli.train_rng`; this module holds
+the loop, the run folder's ``last.pt`` / ``best.pt`` / ``summary.json`` and :class:`TrainResult`.
 """
 
 from __future__ import annotations
@@ -35,27 +39,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import distributed
-from .episodes import EpisodeBatch, EpisodeSampler
-from .errors import CacheError, TrainError
-from .evaluate import sharded_accuracies
+from .errors import TrainError
+from .fast_eval import sharded_accuracies
 from .metrics import mean_and_ci95
-from .models import create_head, save_head_checkpoint
+from .models import save_head_checkpoint
 from .recipe import Recipe
 from .runs import MetricsLog, RunDir
 from .schedule import build_optimizer, lr_at, set_lr
-from .store import FeatureStore, store_path
+from .train_rng import restore_rng, rng_states, seed_rank_stream
+from .train_setup import TEST_LABEL as TEST_LABEL
+from .train_setup import TrainSetup, build_setup
+from .train_step import EpisodeTensors, episode_tensors, train_step
 
 __all__ = ["TrainResult", "meta_train", "train_step", "EpisodeTensors", "episode_tensors"]
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[..., None]
-TEST_LABEL = "TEST (reference behaviour)"
 
 
 @dataclass
@@ -87,118 +91,6 @@ class TrainResult:
         return d
 
 
-# --------------------------------------------------------------------------- one step
-
-
-@dataclass
-class EpisodeTensors:
-    """The tensors of E training episodes, ready for ``head.batch_episode_loss``."""
-
-    support: torch.Tensor  # [E, W*K, T, D] float32
-    support_labels: torch.Tensor  # [E, W*K] episode labels
-    query: torch.Tensor  # [E, W*Q, T, D] float32
-    query_labels: torch.Tensor  # [E, W*Q]
-    class_text: torch.Tensor  # [E, W, D] text of each episode class
-    video_labels: torch.Tensor  # [E, W*K + W*Q] global class ids, supports then queries
-
-    def __len__(self) -> int:
-        return int(self.support.shape[0])
-
-    def slice(self, a: int, b: int) -> EpisodeTensors:
-        return EpisodeTensors(*(t[a:b] for t in self.__dict__.values()))
-
-
-def episode_tensors(
-    batch: EpisodeBatch, features: np.ndarray, text_table: torch.Tensor, device: torch.device
-) -> EpisodeTensors:
-    """Gather a batch's features (one fancy-index per side) and build its label tensors.
-
-    The features travel in the store's dtype (float16) and become float32 on ``device``: half
-    the bytes to copy, and torch converts much faster than numpy.
-
-    Args:
-        batch: E episodes (store rows and views).
-        features: the store's [videos, V, T, D] array (memmap).
-        text_table: [C, D] class text of the split, on ``device``.
-    """
-    s = features[batch.support_rows, batch.support_views]  # (E, W*K, T, D) float16
-    q = features[batch.query_rows, batch.query_views]  # (E, W*Q, T, D) float16
-    sl, ql = batch.support_labels, batch.query_labels  # (E, W*K), (E, W*Q)
-    rows = np.arange(len(batch))[:, None]
-    video_labels = np.concatenate([batch.classes[rows, sl], batch.classes[rows, ql]], axis=1)
-
-    def dev(x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True)
-
-    class_text = text_table[dev(batch.classes)]  # (E, W, D)
-    return EpisodeTensors(
-        dev(s).float(), dev(sl), dev(q).float(), dev(ql), class_text, dev(video_labels)
-    )
-
-
-def train_step(
-    head: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    ep: EpisodeTensors,
-    text_table: torch.Tensor,
-    lambda_vt: float,
-    *,
-    micro_batch: int | None = None,
-    grad_clip: float | None = None,
-    dist: distributed.Dist | None = None,
-    total: int | None = None,
-) -> dict[str, float]:
-    """One optimiser step on the mean loss of E episodes (of ``total``, across ranks).
-
-    Args:
-        head: the head, in training mode.
-        ep: the step's episodes; with ``micro_batch`` they are processed in slices of that many
-            episodes whose gradients add up to the gradient of the mean (memory bound only).
-        text_table: [C, D] text of all meta-train classes (the video-text loss's classes).
-        lambda_vt: weight of the video-text loss.
-        grad_clip: clip the gradient norm to this value (None: no clipping, as the reference).
-        dist: under torchrun, this process's place: ``ep`` is its share of the step's ``total``
-            episodes; this rank's loss is weighted by ``len(ep) * world / total`` and the
-            gradients are averaged across ranks, so the update is that of the mean over all
-            ``total`` episodes (uneven shares included). Every rank must call it.
-        total: the step's episodes over all ranks (default ``len(ep)``).
-    Returns:
-        ``loss``, ``ce_fewshot``, ``ce_videotext``: means over the step's episodes (floats; over
-        all ranks' episodes under torchrun).
-    """
-    d = dist or distributed.Dist()
-    optimizer.zero_grad(set_to_none=True)
-    n = len(ep)
-    scale = n * d.world / (n if total is None else int(total))  # 1.0 in a single process
-    m = n if not micro_batch or micro_batch >= n else int(micro_batch)
-    sums = {"loss": 0.0, "ce_fewshot": 0.0, "ce_videotext": 0.0}
-    parts: list[dict[str, torch.Tensor]] = []
-    for a in range(0, n, m):
-        part = ep if m == n else ep.slice(a, min(a + m, n))
-        out = head.batch_episode_loss(
-            part.support,
-            part.support_labels,
-            part.query,
-            part.query_labels,
-            part.class_text,
-            part.video_labels,
-            text_table,
-            lambda_vt,
-        )
-        w = len(part) / n * scale
-        (out["loss"] * w if w != 1.0 else out["loss"]).backward()
-        parts.append({k: out[k].detach() * w for k in sums})
-    # DistributedDataParallel's update: gradients averaged across ranks (no-op in one process)
-    d.all_reduce_grads_([p for p in head.parameters() if p.requires_grad])
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(head.parameters(), float(grad_clip))
-    optimizer.step()
-    vals_t = torch.stack([sum(p[k] for p in parts) for k in sums]).float()  # [3]
-    d.all_reduce_mean_([vals_t])
-    vals = vals_t.cpu().tolist()  # one host sync for all three numbers
-    return dict(zip(sums, vals, strict=True))
-
-
 # --------------------------------------------------------------------------- setup helpers
 
 
@@ -209,41 +101,6 @@ def _device(d: distributed.Dist, device: str) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise TrainError(f"--device {device}: use cpu or cuda")
     return dev
-
-
-def _open(recipe: Recipe, split: str) -> FeatureStore:
-    return FeatureStore.open(store_path(recipe.features.cache_dir, split))
-
-
-def _check_text(store: FeatureStore, split: str, head: str, classes: np.ndarray) -> None:
-    """A text-using head needs the text of every class it sees."""
-    bad = [int(c) for c in classes if np.isnan(store.text[c]).any()]
-    if bad:
-        names = store.class_names
-        shown = ", ".join(
-            f"id {c}" + (f" ({names[c]!r})" if c < len(names) else "") for c in bad[:5]
-        )
-        raise TrainError(
-            f"head {head!r} uses class text, but {len(bad)} {split} class(es) have no text "
-            f"feature in {store.path} ({shown}{' ...' if len(bad) > 5 else ''}): their names are "
-            f"unknown; list them under the recipe key data.classes.{split} and re-run "
-            f"`fsar cache` for the {split} split, or train a head without text "
-            "(model.head: clipfsar-notext)"
-        )
-
-
-def _check_compatible(train: FeatureStore, other: FeatureStore) -> None:
-    if other.dim != train.dim or other.num_frames != train.num_frames:
-        raise CacheError(
-            f"{other.path} has features [T={other.num_frames}, D={other.dim}] but {train.path} "
-            f"[T={train.num_frames}, D={train.dim}]; cache both splits with the same encoder"
-        )
-    a, b = train.meta.get("encoder"), other.meta.get("encoder")
-    if a != b or train.meta.get("weights_sha256") != other.meta.get("weights_sha256"):
-        raise CacheError(
-            f"{other.path} was cached with encoder {b!r} but {train.path} with {a!r} (or other "
-            "weights); re-run `fsar cache` so both splits use the same encoder"
-        )
 
 
 def _check_cfg(recipe: Recipe, world: int = 1) -> None:
@@ -265,123 +122,11 @@ def _check_cfg(recipe: Recipe, world: int = 1) -> None:
         )
 
 
-def _rng_state(dev: torch.device) -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state()}
-    if dev.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(dev)
-    return state
-
-
-def _set_rng_state(state: dict[str, torch.Tensor], dev: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if dev.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], dev)
-
-
-def _restore_rng(
-    saved: Any, d: distributed.Dist, dev: torch.device, seed: int, step: int, run: RunDir
-) -> None:
-    """Restore this rank's RNG state from ``last.pt`` (a list in rank order, or one dict)."""
-    states = [saved] if isinstance(saved, dict) else list(saved)
-    if len(states) == d.world:
-        _set_rng_state(states[d.rank], dev)
-        return
-    # another number of processes: the episodes are the same, the dropout streams cannot be
-    torch.manual_seed(distributed.rank_seed(seed, step, d.rank))
-    if d.is_main:
-        log.warning(
-            "%s was written by %d process(es), this run has %d: the episodes stay the same but "
-            "every rank's dropout is reseeded from (train.seed, step %d, rank), so the weights "
-            "will differ from an uninterrupted run; resume with %d process(es) to reproduce it",
-            run.last,
-            len(states),
-            d.world,
-            step,
-            len(states),
-        )
-
-
 def _cpu_state(head: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in head.state_dict().items()}
 
 
 # --------------------------------------------------------------------------- the loop
-
-
-@dataclass
-class _Setup:
-    """Everything a run needs besides its state: stores, head, episodes, text table."""
-
-    train_store: FeatureStore
-    val_store: FeatureStore
-    sel_split: str  # "val" (or "test" with train.select_on: test)
-    sel_label: str
-    head: nn.Module
-    sampler: EpisodeSampler
-    val_batch: EpisodeBatch
-    text_table: torch.Tensor  # [C, D] text of all meta-train classes, on the device
-
-
-def _setup(recipe: Recipe, dev: torch.device) -> _Setup:
-    """Open the stores, build the head and the samplers, and check them all before any write."""
-    cfg = recipe.train
-    train_store = _open(recipe, "train")
-    sel_split = "test" if cfg.select_on == "test" else "val"
-    val_store = _open(recipe, sel_split)
-    _check_compatible(train_store, val_store)
-
-    torch.manual_seed(cfg.seed)  # initial weights (and dropout, until a checkpoint restores it)
-    head = create_head(recipe.model.head, dim=train_store.dim, cfg=recipe.model)
-    if not getattr(head, "trainable", False) or not any(p.requires_grad for p in head.parameters()):
-        raise TrainError(
-            f"head {recipe.model.head!r} has no parameters to train; evaluate it directly with "
-            "`fsar eval`, or set model.head to a trainable head (`fsar heads` lists them)"
-        )
-    views = train_store.num_views
-    sampler = EpisodeSampler(
-        train_store.labels,
-        cfg.n_way,
-        cfg.k_shot,
-        cfg.n_query,
-        seed=cfg.seed,
-        usable=train_store.usable,
-        class_names=train_store.class_names,
-        allow_missing=True,
-        num_views=views,
-        sample_views=views > 1,
-        split="train",
-    )
-    # fixed validation episodes: eval protocol way and queries, the training shot
-    val_batch = EpisodeSampler(
-        val_store.labels,
-        recipe.eval.n_way,
-        cfg.k_shot,
-        recipe.eval.n_query,
-        seed=cfg.val_seed,
-        usable=val_store.usable,
-        class_names=val_store.class_names,
-        allow_missing=True,
-        split=sel_split,
-    ).sample(cfg.val_episodes)
-    for store, name in ((train_store, "train"), (val_store, sel_split)):
-        if store.n_missing:
-            log.warning("%s: %s; sampling from the others", name, store.missing_summary())
-    if getattr(head, "uses_text", False):
-        # the video-text loss uses the text of every meta-train class, sampled or not
-        _check_text(train_store, "train", head.name, np.arange(len(train_store.text)))
-        _check_text(val_store, sel_split, head.name, np.unique(val_batch.classes))
-    # A class without text (possible only for a head without text) gets a zero row: never used.
-    text_np = np.nan_to_num(np.asarray(train_store.text, np.float32), nan=0.0)
-    return _Setup(
-        train_store,
-        val_store,
-        sel_split,
-        TEST_LABEL if sel_split == "test" else "val",
-        head.to(dev).train(),
-        sampler,
-        val_batch,
-        torch.from_numpy(text_np).to(dev),
-    )
 
 
 def meta_train(
@@ -419,10 +164,9 @@ def meta_train(
     dev = _device(d, device)
     run = RunDir(out_dir)
     d.on_main(lambda: run.check(recipe, resume=resume))
-    su = _setup(recipe, dev)
+    su = build_setup(recipe, dev)
     head, sel_split, sel_label = su.head, su.sel_split, su.sel_label
-    if d.rank > 0:  # rank 0 keeps the single-process dropout stream, the others their own
-        torch.manual_seed(distributed.rank_seed(cfg.seed, d.rank))
+    seed_rank_stream(d, cfg.seed)  # rank 0 keeps the single-process dropout stream
     if not resume:
         d.on_main(lambda: run.start(recipe, argv))
     if sel_split == "test":
@@ -447,7 +191,7 @@ def meta_train(
         start, seconds = int(state["step"]), float(state["seconds"])
         last_loss = state.get("last_loss")
         best, best_state, final_val = dict(state["best"]), state["best_state"], state["final_val"]
-        _restore_rng(state["rng"], d, dev, cfg.seed, start, run)
+        restore_rng(state["rng"], d, dev, cfg.seed, start, run.last)
         if best_state is not None and d.is_main:  # best.pt consistent with the state
             _save_best(run, head, best_state, best, recipe, sel_label)
         log.info("resuming %s from step %d", run.path, start)
@@ -514,7 +258,7 @@ def meta_train(
             metrics.append(row)
         if done % cfg.checkpoint_every == 0 or done == stop:
             # after validation: resumes draw the same dropout; every rank's stream, in rank order
-            rngs = d.all_gather_object(_rng_state(dev))
+            rngs = rng_states(d, dev)
             if d.is_main:
                 run.save_state(
                     {
@@ -563,7 +307,7 @@ def meta_train(
 
 
 def _write_summary(
-    run: RunDir, result: TrainResult, recipe: Recipe, su: _Setup, sel_split: str, world: int
+    run: RunDir, result: TrainResult, recipe: Recipe, su: TrainSetup, sel_split: str, world: int
 ) -> None:
     cfg, E = recipe.train, int(recipe.train.episodes_per_step)
     run.write_summary(
