@@ -10,7 +10,11 @@ classes of a split, ``V`` views per video.
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
+
+# OpenAI's `clip` imports pkg_resources (hence setuptools<81), which warns on every import.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 __version__ = "0.1.0"
 

@@ -131,7 +131,7 @@ class ModelCfg:
     ffn_dropout: float = 0.05
     otam_lambda: float = 0.5
     merge_before: bool = True
-    adapter: Literal["residual", "none"] = "residual"
+    adapter: Literal["residual", "none"] = "none"
     adapter_hidden: int = 256
 
 

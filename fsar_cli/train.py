@@ -9,9 +9,12 @@ step ``s`` is episode index ``s * episodes_per_step + j`` of the seeded sampler,
 of an uninterrupted one. Checkpoints are selected on the validation split (never on test, unless
 the recipe says ``train.select_on: test``, the reference's behaviour, labelled as such).
 
-In the frozen mode the tower is not trained; what trains is the head: the temporal Transformer,
-the video-text ``scale`` and the adapter (``model.adapter: residual``, a zero-initialised residual
-MLP on the cached features through which both losses flow).
+In the frozen mode the tower is not trained; what trains is the head: the temporal Transformer
+and the video-text ``scale`` (the reference head exactly, ``model.adapter: none``, the default).
+``model.adapter: residual`` adds a zero-initialised residual MLP on the cached features through
+which both losses flow; ``benchmarks/adapter_effect.py`` measures the two (README, "heads"): on the
+synthetic benchmark the adapter gains nothing and, with a large ``lambda_vt``, costs accuracy, so
+it is off by default.
 
 Under ``torchrun`` (:mod:`fsar_cli.distributed`) rank ``r`` computes the loss of its contiguous
 share ``Dist.split(episodes_per_step)`` of every step's episodes, weighted so that the gradients

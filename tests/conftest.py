@@ -25,8 +25,13 @@ def shared() -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Results databases and other per-user files go to a temporary folder, never ~/.cache."""
+    """Results databases and other per-user files go to a temporary folder, never ~/.cache.
+
+    ``FSAR_HOME`` (the offline demo encoder's cache) is one folder for the whole session, so the
+    encoder is trained once however many tests use it.
+    """
     home = tmp_path_factory.getbasetemp() / "fsar-home"
     home.mkdir(exist_ok=True)
+    monkeypatch.setenv("FSAR_HOME", str(home))
     monkeypatch.setenv("FSAR_RESULTS_DB", str(home / "results.sqlite"))
     monkeypatch.setenv("FSAR_SPLITS", str(SHARED / "benchmarks"))

@@ -164,7 +164,7 @@ def test_demo_encoder_learns_position_and_separates_reversed_motions(tmp_path) -
     from fsar_cli.encoders.preprocess import preprocess_frames
     from fsar_cli.models.otam import cos_sim, frame_distances, otam_distance
 
-    path = ensure_offline_encoder(tmp_path)
+    path = ensure_offline_encoder()  # $FSAR_HOME of the session (conftest): trained once, shared
     scores = evaluate_offline_encoder(path, n=500)
     assert scores["position"] > 0.8  # chance 0.11
     assert scores["size"] > 0.6  # chance 0.33
