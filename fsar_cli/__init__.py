@@ -2,7 +2,8 @@
 
 The public verbs (imported lazily, so ``import fsar_cli`` and ``fsar --help`` stay fast):
 ``load_recipe``, ``extract_frames``, ``cache_features``, ``meta_train``, ``write_report``, and
-``fsar_cli.evaluate.evaluate`` (not re-exported: the name ``fsar_cli.evaluate`` is its module). Shape letters used in docstrings and comments throughout: ``E`` episodes in a
+``fsar_cli.evaluate.evaluate`` (not re-exported: the name ``fsar_cli.evaluate`` is its module).
+Shape letters used in docstrings and comments throughout: ``E`` episodes in a
 batch, ``W`` way, ``K`` shot, ``Q`` queries per class, ``T`` frames, ``D`` feature width, ``C``
 classes of a split, ``V`` views per video.
 """

@@ -156,12 +156,16 @@ class EpisodeSampler:
                 f"with at least {need} usable videos; lower --way"
             )
 
-    def episode(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def episode(
+        self, index: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Episode ``index``: (classes [W], support rows [W*K], query rows [W*Q], views...)."""
         rng = np.random.default_rng([self.seed, int(index)])
         W, K, Q = self.n_way, self.k_shot, self.n_query
         chosen = rng.choice(self.classes, size=W, replace=False)
-        picks = np.stack([rng.choice(self._rows[int(c)], size=K + Q, replace=False) for c in chosen])
+        picks = np.stack(
+            [rng.choice(self._rows[int(c)], size=K + Q, replace=False) for c in chosen]
+        )
         support, query = picks[:, :K].reshape(-1), picks[:, K:].reshape(-1)  # (W, K) -> (W*K,)
         if self.sample_views:
             sv = rng.integers(self.num_views, size=W * K)
@@ -184,7 +188,9 @@ class EpisodeSampler:
         )
 
 
-def save_episodes(path: str | Path, batch: EpisodeBatch, keys: list[str], info: dict[str, Any]) -> Path:
+def save_episodes(
+    path: str | Path, batch: EpisodeBatch, keys: list[str], info: dict[str, Any]
+) -> Path:
     """Write an episode list (video keys per support/query slot) as JSON, atomically."""
     path = Path(path)
     E = len(batch)
@@ -195,18 +201,31 @@ def save_episodes(path: str | Path, batch: EpisodeBatch, keys: list[str], info: 
             {
                 "classes": [int(c) for c in batch.classes[e]],
                 # (W*K,) -> W lists of K keys; same for queries
-                "support": [[keys[r] for r in batch.support_rows[e, w * K : (w + 1) * K]] for w in range(W)],
-                "query": [[keys[r] for r in batch.query_rows[e, w * Q : (w + 1) * Q]] for w in range(W)],
+                "support": [
+                    [keys[r] for r in batch.support_rows[e, w * K : (w + 1) * K]] for w in range(W)
+                ],
+                "query": [
+                    [keys[r] for r in batch.query_rows[e, w * Q : (w + 1) * Q]] for w in range(W)
+                ],
             }
         )
-    doc = {"format": EPISODES_FORMAT, "n_way": W, "k_shot": K, "n_query": Q, **info, "episodes": episodes}
+    doc = {
+        "format": EPISODES_FORMAT,
+        "n_way": W,
+        "k_shot": K,
+        "n_query": Q,
+        **info,
+        "episodes": episodes,
+    }
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc))
     os.replace(tmp, path)
     return path
 
 
-def load_episodes(path: str | Path, keys: list[str], usable: np.ndarray | None = None) -> tuple[EpisodeBatch, dict[str, Any]]:
+def load_episodes(
+    path: str | Path, keys: list[str], usable: np.ndarray | None = None
+) -> tuple[EpisodeBatch, dict[str, Any]]:
     """Read an episode list written by :func:`save_episodes` and map its keys to store rows."""
     path = Path(path)
     try:
@@ -222,13 +241,19 @@ def load_episodes(path: str | Path, keys: list[str], usable: np.ndarray | None =
         out = []
         for g in groups:
             if len(g) != per:
-                raise EpisodeError(f"{path}: episode {e} has {len(g)} videos in a slot, expected {per}")
+                raise EpisodeError(
+                    f"{path}: episode {e} has {len(g)} videos in a slot, expected {per}"
+                )
             for k in g:
                 if k not in row_of:
-                    raise EpisodeError(f"{path}: episode {e} uses video {k!r}, which this cache does not list")
+                    raise EpisodeError(
+                        f"{path}: episode {e} uses video {k!r}, which this cache does not list"
+                    )
                 r = row_of[k]
                 if usable is not None and not usable[r]:
-                    raise EpisodeError(f"{path}: episode {e} uses video {k!r}, which has no features")
+                    raise EpisodeError(
+                        f"{path}: episode {e} uses video {k!r}, which has no features"
+                    )
                 out.append(r)
         return out
 

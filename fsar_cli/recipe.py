@@ -84,7 +84,8 @@ class DataCfg:
     """Where the split files, videos and extracted frames are, and how their paths are laid out.
 
     Path templates take the fields of a split entry: ``{split}`` (train/val/test), ``{class_field}``
-    (``train8`` or a class folder), ``{class_id}``, ``{rel_path}`` (path after ``//`` or the video id),
+    (``train8`` or a class folder), ``{class_id}``, ``{rel_path}`` (path after ``//`` or the video
+    id),
     ``{rel_stem}`` (``rel_path`` without extension), ``{video_id}`` (file stem) and ``{ext}``
     (each of ``video_exts`` in turn).
     """
@@ -262,7 +263,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise RecipeError(f"recipe key {key!r}: expected {len(args)} values, got {value!r}")
-        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(
+            _convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
     if tp is bool:
         if not isinstance(value, bool):
             raise RecipeError(f"recipe key {key!r}: expected true or false, got {value!r}")
@@ -294,7 +297,8 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in names or key == "source_path":
             raise RecipeError(
-                f"unknown recipe key {dotted!r}; known keys here: {', '.join(sorted(names - {'source_path'}))}"
+                f"unknown recipe key {dotted!r}; known keys here: "
+                + ", ".join(sorted(names - {"source_path"}))
             )
         kwargs[key] = _convert(value, hints[key], dotted)
     missing = [
@@ -390,7 +394,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
 
 
 def recipe_dirs() -> list[Path]:
-    """Where named recipes are found: $FSAR_RECIPES, ./recipes, then the recipes shipped with fsar."""
+    """Where named recipes are found: $FSAR_RECIPES, ./recipes, then those shipped with fsar."""
     dirs: list[Path] = []
     env = os.environ.get("FSAR_RECIPES")
     if env:
@@ -428,9 +432,7 @@ def _resolve_path(name_or_path: str | Path) -> Path:
     )
 
 
-def load_recipe(
-    name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()
-) -> Recipe:
+def load_recipe(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Load a named recipe or a YAML file, apply dotted overrides, and check every key and type."""
     path = _resolve_path(name_or_path)
     try:

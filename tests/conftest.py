@@ -24,7 +24,9 @@ def shared() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Results databases and other per-user files go to a temporary folder, never ~/.cache.
 
     ``FSAR_HOME`` (the offline demo encoder's cache) is one folder for the whole session, so the

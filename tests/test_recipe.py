@@ -1,4 +1,4 @@
-"""Recipes: the shipped ones load, bad keys and types are named, overrides apply, dumps round-trip."""
+"""Recipes: shipped ones load, bad keys and types are named, overrides apply, dumps round-trip."""
 
 from __future__ import annotations
 
@@ -84,7 +84,9 @@ def test_wrong_types_named(tmp_path, text: str, match: str) -> None:
 
 
 def test_overrides() -> None:
-    r = load_recipe("hmdb51", ["train.lr=1e-5", "train.steps=10", "model.head=otam", "eval.shots=[1]"])
+    r = load_recipe(
+        "hmdb51", ["train.lr=1e-5", "train.steps=10", "model.head=otam", "eval.shots=[1]"]
+    )
     assert r.train.lr == 1e-5 and r.train.steps == 10 and r.model.head == "otam"
     assert r.eval.shots == (1,)
     with pytest.raises(RecipeError, match="not KEY=VALUE"):

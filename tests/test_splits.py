@@ -22,7 +22,7 @@ COUNTS = {
 def test_reference_format_counts(name: str) -> None:
     recipe = load_recipe(name)
     classes, videos = COUNTS[name]
-    for split, n_cls, n_vid in zip(("train", "val", "test"), classes, videos):
+    for split, n_cls, n_vid in zip(("train", "val", "test"), classes, videos, strict=True):
         entries = load_split(recipe, split)
         assert len(entries) == n_vid
         assert len({e.class_id for e in entries}) == n_cls
@@ -32,7 +32,7 @@ def test_reference_format_counts(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(COUNTS))
 def test_classname_format_same_entries(name: str, shared, tmp_path) -> None:
-    """Rewrite the test split as 'class name/video id' lines (TRX style): same classes, same videos."""
+    """The test split as 'class name/video id' lines (TRX style): same classes, same videos."""
     recipe = load_recipe(name)
     ref = load_split(recipe, "test")
     names = recipe.data.classes.test
@@ -43,7 +43,9 @@ def test_classname_format_same_entries(name: str, shared, tmp_path) -> None:
     assert [e.class_id for e in got] == [e.class_id for e in ref]
     assert [e.video_id for e in got] == [e.video_id for e in ref]
     # folder-style spelling (underscores, no spaces) maps to the same ids
-    path.write_text("\n".join(f"{n.replace(' ', '_')}/{v}" for n, v in (l.split('/', 1) for l in lines)))
+    path.write_text(
+        "\n".join(f"{n.replace(' ', '_')}/{v}" for n, v in (line.split("/", 1) for line in lines))
+    )
     assert [e.class_id for e in read_split(path, "test", names)] == [e.class_id for e in ref]
 
 
@@ -73,5 +75,7 @@ def test_malformed_and_missing(tmp_path) -> None:
 def test_class_id_beyond_recipe(tmp_path) -> None:
     (tmp_path / "test_few_shot.txt").write_text("test0/1\ntest5/2\n")
     r = load_recipe("hmdb51", [f"data.split_dir={tmp_path}", "data.classes.test=[a, b]"])
-    with pytest.raises(DataError, match=r"class ids \[5\] but recipe 'hmdb51' lists 2 test classes"):
+    with pytest.raises(
+        DataError, match=r"class ids \[5\] but recipe 'hmdb51' lists 2 test classes"
+    ):
         load_split(r, "test")

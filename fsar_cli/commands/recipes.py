@@ -15,7 +15,9 @@ from ..recipe import dump_recipe, list_recipes, load_recipe
 ORDER = 5
 
 recipes_app = typer.Typer(
-    help="List the benchmark recipes, or show one.", invoke_without_command=True, no_args_is_help=False
+    help="List the benchmark recipes, or show one.",
+    invoke_without_command=True,
+    no_args_is_help=False,
 )
 
 OverrideOpt = Annotated[

@@ -28,7 +28,19 @@ __all__ = [
     "is_frame_folder",
 ]
 
-VIDEO_EXTS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
+VIDEO_EXTS = (
+    ".mp4",
+    ".avi",
+    ".webm",
+    ".mkv",
+    ".mov",
+    ".m4v",
+    ".mpg",
+    ".mpeg",
+    ".flv",
+    ".wmv",
+    ".3gp",
+)
 FRAME_EXTS = (".jpg", ".jpeg", ".png")
 _NUM = re.compile(r"(\d+)")
 
@@ -122,7 +134,9 @@ def count_frames(source: str | Path) -> int:
     return sum(1 for _ in iter_video_frames(source))
 
 
-def read_frames(source: str | Path, indices: list[int] | np.ndarray | None = None) -> list[np.ndarray]:
+def read_frames(
+    source: str | Path, indices: list[int] | np.ndarray | None = None
+) -> list[np.ndarray]:
     """Frames ``indices`` (0-based) of a frame folder or video file; all frames if None.
 
     For a video the whole file is decoded once (sequential decoding is what codecs do well) and the
@@ -137,7 +151,7 @@ def read_frames(source: str | Path, indices: list[int] | np.ndarray | None = Non
         if idx and max(idx) >= len(files):
             raise DataError(f"{source}: frame {max(idx)} asked for but only {len(files)} exist")
         uniq = sorted(set(idx))
-        loaded = dict(zip(uniq, read_frame_files([files[i] for i in uniq])))
+        loaded = dict(zip(uniq, read_frame_files([files[i] for i in uniq]), strict=True))
         return [loaded[i] for i in idx]
     if indices is None:
         return decode_video(source)
@@ -162,7 +176,8 @@ def sample_indices(
     """Pick ``num_frames`` frame indices from ``n_available``: one per segment of equal length.
 
     ``center`` takes the middle frame of each segment (deterministic); ``random`` a uniformly random
-    frame inside each segment (the reference's sampling for SSv2, UCF101 and HMDB51, train and test).
+    frame inside each segment (the reference's sampling for SSv2, UCF101 and HMDB51, train and
+    test).
     Videos shorter than ``num_frames`` repeat frames (segments shorter than one frame).
 
     Returns:

@@ -3,7 +3,8 @@
 - Reference format (CLIP-FSAR / HyRSM / MoLo / OTAM): ``train8/78687`` (class id after the split
   word, then the video id) or ``test0//videos/Class/file.avi`` (path after ``//``).
 - Class-name format (TRX ``splits/*/trainlist0X.txt``): ``class name/video id``; class ids follow
-  the recipe's class list (names compared without case, spaces or underscores), else first appearance.
+  the recipe's class list (names compared without case, spaces or underscores), else first
+  appearance.
 """
 
 from __future__ import annotations
