@@ -242,7 +242,7 @@ def run_demo(
     def stage(name: str, detail: str) -> float:
         if on_stage is not None:
             on_stage(name, detail)
-        log.info("demo: %s (%s)", name, detail)
+        log.debug("demo: %s (%s)", name, detail)
         return time.perf_counter()
 
     # 1. the synthetic benchmark, as real video files + split files

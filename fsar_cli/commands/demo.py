@@ -38,8 +38,9 @@ def _stage_progress() -> tuple[Progress, Any, Any]:
         if "task" not in current:
             return
         kw: dict[str, Any] = {}
-        if total is not None:
+        if total is not None:  # a new total starts the bar afresh (one stage can run several jobs)
             kw["total"] = total
+            kw["completed"] = 0
         if label is not None:
             kw["status"] = label
         bar.update(current["task"], advance=n, **kw)
@@ -90,7 +91,10 @@ def demo(
 
 
 def _render(res: Any) -> None:
-    note = f"[bold]{res.encoder}[/]: {res.encoder_note}"
+    desc = res.encoder_note
+    if desc.startswith(f"{res.encoder}:"):
+        desc = desc[len(res.encoder) + 1 :].strip()
+    note = f"[bold]{res.encoder}[/]: {desc}"
     if res.encoder_zero_shot:
         zs = res.encoder_zero_shot
         chance = zs.get("chance", {})
