@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from . import atomic
 from .recipe import ClassesCfg, Recipe, load_recipe, write_resolved
 
 __all__ = ["DemoRow", "DemoResult", "run_demo", "DEMO_HEADS", "TRAINED_HEADS", "DEMO_COLUMNS"]
@@ -123,9 +123,7 @@ def _zero_shot(weights: Path, out: Path) -> dict[str, Any]:
         if doc.get("weights") == digest:
             return dict(doc["zero_shot"])
     zs = evaluate_offline_encoder(weights)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"weights": digest, "zero_shot": zs}, indent=2))
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps({"weights": digest, "zero_shot": zs}, indent=2))
     return zs
 
 
@@ -198,9 +196,7 @@ def _evaluate(
         "encoder": res.encoder,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(doc, indent=2))
     return doc, False
 
 
@@ -338,9 +334,8 @@ def run_demo(
 
     csv_path = out / "demo_results.csv"
     frame = pd.DataFrame([dataclasses.asdict(r) for r in rows], columns=DEMO_COLUMNS)
-    tmp = csv_path.with_suffix(".csv.tmp")
-    frame.to_csv(tmp, index=False, float_format="%.2f")
-    os.replace(tmp, csv_path)
+    with atomic.replacing(csv_path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.2f")
     stage_s["total"] = time.perf_counter() - t_all
     return DemoResult(
         out_dir=out,

@@ -11,13 +11,13 @@ on any rank of a distributed run that evaluates a slice of the episodes.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import atomic
 from .errors import EpisodeError
 
 __all__ = ["EpisodeBatch", "EpisodeSampler", "save_episodes", "load_episodes", "EPISODES_FORMAT"]
@@ -217,10 +217,7 @@ def save_episodes(
         **info,
         "episodes": episodes,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(path, json.dumps(doc))
 
 
 def load_episodes(

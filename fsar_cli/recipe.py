@@ -18,6 +18,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from . import atomic
 from .errors import RecipeError
 
 __all__ = [
@@ -342,10 +343,7 @@ def write_resolved(recipe: Recipe, out_dir: str | Path, argv: list[str] | None =
     text = dump_recipe(recipe)
     if argv is not None:
         text = "# " + " ".join(argv) + "\n" + text
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(path, text)
 
 
 # --------------------------------------------------------------------------- overrides

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 
+from . import atomic
 from .errors import FsarError
 from .published import BENCHMARKS, CAVEAT, published
 from .results import ResultsDB
@@ -194,11 +194,10 @@ def write_report(
     if out is not None:
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         if fmt == "csv":
-            frame.to_csv(tmp, index=False)
+            with atomic.replacing(path) as tmp:
+                frame.to_csv(tmp, index=False)
         else:
-            tmp.write_text(text or "")
-        os.replace(tmp, path)
+            atomic.write_text(path, text or "")
         log.info("wrote %d results to %s", len(frame), path)
     return ReportResult(frame, path, text, fmt)

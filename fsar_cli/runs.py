@@ -23,13 +23,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from . import atomic
 from .errors import CheckpointError, RecipeError, TrainError
 from .recipe import Recipe, recipe_from_dict, recipe_to_dict, write_resolved
 
@@ -59,24 +59,9 @@ METRICS_COLUMNS = [
 ]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` beside ``path``, fsync, and rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` beside ``path``, fsync, and rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+# Kept for code that imported them from here; the mechanism lives in :mod:`fsar_cli.atomic`.
+atomic_write_text = atomic.write_text
+atomic_torch_save = atomic.torch_save
 
 
 def recipe_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
@@ -110,7 +95,7 @@ class MetricsLog:
         writer = csv.DictWriter(buf, METRICS_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        atomic_write_text(path, buf.getvalue())
+        atomic.write_text(path, buf.getvalue())
 
     @staticmethod
     def read(path: Path) -> list[dict[str, str]]:
@@ -234,11 +219,11 @@ class RunDir:
         return state
 
     def save_state(self, state: dict[str, Any]) -> None:
-        atomic_torch_save({"format": STATE_FORMAT, **state}, self.last)
+        atomic.torch_save({"format": STATE_FORMAT, **state}, self.last)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         text = json.dumps({"format": RUN_FORMAT, **summary}, indent=2, default=str)
-        atomic_write_text(self.summary, text + "\n")
+        atomic.write_text(self.summary, text + "\n")
 
 
 def _lookup(d: dict[str, Any], dotted: str) -> Any:

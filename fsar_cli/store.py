@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import atomic
 from .errors import CacheError
 
 __all__ = [
@@ -106,13 +107,8 @@ def write_store(
     index[INDEX_COLUMNS].to_csv(tmp / "index.csv", index=False)
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     _fsync_dir(tmp)
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+    # recover_store finds the old copy by this name if a crash falls between the two renames
+    atomic.swap_dir(tmp, path, aside=path.parent / f".{path.name}.old-{os.getpid()}")
     return path
 
 
@@ -241,12 +237,12 @@ def write_chunk(
     path: Path, features: np.ndarray, records: list[dict[str, Any]], settings: dict[str, Any]
 ) -> None:
     """Write one chunk aside, fsync, and rename it into place (atomic)."""
+    # the host in the name: shards on several machines may share the folder
     tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    with atomic.replacing(path, tmp=tmp, fsync=False), open(tmp, "wb") as fh:
         np.savez(fh, features=features, index=_as_bytes(records), settings=_as_bytes(settings))
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def read_chunk(
@@ -263,16 +259,6 @@ def read_chunk(
     return feats, records, settings
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def acquire_lock(lock: Path) -> bool:
     """Create ``lock`` exclusively; True if taken. Takes over a dead process's lock (this host)."""
     me = f"{socket.gethostname()} {os.getpid()}"
@@ -283,7 +269,7 @@ def acquire_lock(lock: Path) -> bool:
             return False
         except FileExistsError:
             host, _, pid = lock.read_text().partition(" ") if lock.exists() else ("", "", "")
-            if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+            if host == socket.gethostname() and pid.isdigit() and not atomic.pid_alive(int(pid)):
                 lock.unlink(missing_ok=True)
                 continue
             return False
@@ -305,7 +291,7 @@ def recover_store(store_dir: Path) -> None:
     for kind in ("old", "tmp"):
         for stale in parent.glob(f".{name}.{kind}-*"):
             pid = stale.name.rsplit("-", 1)[-1]
-            if not pid.isdigit() or _pid_alive(int(pid)):
+            if not pid.isdigit() or atomic.pid_alive(int(pid)):
                 continue
             if kind == "old" and not store_dir.exists():
                 os.replace(stale, store_dir)  # crashed between the renames: put the work back

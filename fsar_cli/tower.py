@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from . import atomic
 from .encoders.preprocess import normalize
 from .errors import TrainError
-from .runs import atomic_torch_save, atomic_write_text
 
 __all__ = [
     "enable_grad_checkpointing",
@@ -169,6 +169,6 @@ def tower_state_dict(visual: nn.Module) -> dict[str, torch.Tensor]:
 def save_tower(path: str | Path, visual: nn.Module, info: dict[str, Any]) -> Path:
     """Write ``tower.pt`` (``{"visual.<key>": tensor}``) and ``tower.json`` (``info``)."""
     path = Path(path)
-    atomic_torch_save(tower_state_dict(visual), path)
-    atomic_write_text(path.with_name(TOWER_META), json.dumps(info, indent=2) + "\n")
+    atomic.torch_save(tower_state_dict(visual), path)
+    atomic.write_text(path.with_name(TOWER_META), json.dumps(info, indent=2) + "\n")
     return path

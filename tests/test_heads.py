@@ -342,8 +342,8 @@ def test_create_head_uses_cfg() -> None:
     head = create_head("clipfsar", 24, ModelCfg(num_heads=6, ffn_dim=32, merge_before=False))
     assert isinstance(head, CLIPFSARHead)
     assert head.transformer.num_heads == 6 and head.transformer.ffn[0].out_features == 32
-    assert head.merge_before is False and head.adapter is not None  # ModelCfg default: residual
-    assert create_head("clipfsar", 24, ModelCfg(adapter="none")).adapter is None
+    assert head.merge_before is False and head.adapter is None  # ModelCfg default: none
+    assert create_head("clipfsar", 24, ModelCfg(adapter="residual")).adapter is not None
     assert create_head("otam", 8, ModelCfg(otam_lambda=0.25)).otam_lambda == 0.25
     with pytest.raises(RecipeError, match="num_heads"):
         create_head("clipfsar", 30, ModelCfg(num_heads=8))

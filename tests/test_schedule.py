@@ -39,7 +39,7 @@ def test_lr_without_step_length_is_constant() -> None:
 
 
 def test_no_weight_decay_on_norm_parameters() -> None:
-    head = create_head("clipfsar", 32, ModelCfg(ffn_dim=64, adapter_hidden=16))
+    head = create_head("clipfsar", 32, ModelCfg(ffn_dim=64, adapter="residual", adapter_hidden=16))
     opt = build_optimizer(head, TrainCfg(weight_decay=1e-3))
     names = {id(p): n for n, p in head.named_parameters()}
     groups = {g["name"]: g for g in opt.param_groups}

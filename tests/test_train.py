@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 # Tiny head; dropout stays at the reference's 0.2 / 0.05 so the torch RNG state matters on resume.
-MODEL = "{ffn_dim: 64, adapter_hidden: 16, num_heads: 4}"
+MODEL = "{ffn_dim: 64, adapter: residual, adapter_hidden: 16, num_heads: 4}"
 TRAIN = (
     "steps: 12, episodes_per_step: 4, lr: 1.0e-3, warmup_lr: 1.0e-4, lr_step: 4, "
     "val_every: 5, val_episodes: 20, checkpoint_every: 4, lambda_vt: 1.0"

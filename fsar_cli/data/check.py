@@ -9,11 +9,11 @@ from __future__ import annotations
 import concurrent.futures as cf
 import csv
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import atomic
 from ..errors import DataError, FsarError
 from ..recipe import SPLITS, Recipe
 from .extract import find_video, read_marker
@@ -224,11 +224,9 @@ def check_dataset(
 def write_problems(result: CheckResult, path: str | Path) -> Path:
     """Write each missing or undecodable entry to a CSV file (split, line, class, status, path)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", newline="") as fh:
+    with atomic.replacing(path) as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["split", "line", "class_id", "status", "path", "reason"])
         for p in result.problems:
             w.writerow([p.split, p.line_no, p.class_id, p.status, p.path, p.reason])
-    os.replace(tmp, path)
     return path

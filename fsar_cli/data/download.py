@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import atomic
 from ..errors import DataError
 
 __all__ = [
@@ -173,9 +174,7 @@ def download_splits(
     if fetched:
         folder.mkdir(parents=True, exist_ok=True)
         for file, data in fetched.items():
-            tmp = folder / f".{file}.tmp-{os.getpid()}"
-            tmp.write_bytes(data)
-            os.replace(tmp, folder / file)
+            atomic.write_bytes(folder / file, data)
             log.debug("wrote %s", folder / file)
     return [results[f] for f in SPLIT_FILES]
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .. import atomic
 from ..errors import DataError
 from ..recipe import SPLITS, Recipe
 from .frames import VIDEO_EXTS, iter_video_frames, sample_indices
@@ -214,16 +215,6 @@ def _source_stamp(src: Path) -> dict[str, int]:
     return {"source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_leftovers(parents: Iterable[Path]) -> int:
     """Delete ``.*.partial-<pid>`` / ``.*.old-<pid>`` folders whose process is gone."""
     removed = 0
@@ -235,7 +226,7 @@ def _remove_leftovers(parents: Iterable[Path]) -> int:
         for name in names:
             for tag in (".partial-", ".old-"):
                 head, sep, pid = name.rpartition(tag)
-                if sep and head and pid.isdigit() and not _pid_alive(int(pid)):
+                if sep and head and pid.isdigit() and not atomic.pid_alive(int(pid)):
                     shutil.rmtree(parent / name, ignore_errors=True)
                     removed += 1
     return removed
@@ -339,13 +330,8 @@ def _extract_one(src: str, dest: str, settings: dict[str, Any]) -> tuple[str, in
         marker = {"frames": n, "source": str(src_p), **_source_stamp(src_p), **info}
         marker["settings"] = s.as_dict()
         (partial / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
-        if dest_p.exists():  # an older or untrusted folder: move it aside, then swap
-            old = dest_p.parent / f".{dest_p.name}.old-{pid}"
-            os.replace(dest_p, old)
-            os.replace(partial, dest_p)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(partial, dest_p)
+        # an older or untrusted folder moves aside under a name _remove_leftovers sweeps
+        atomic.swap_dir(partial, dest_p, aside=dest_p.parent / f".{dest_p.name}.old-{pid}")
         return "done", n, note
     except Exception as exc:  # noqa: BLE001 - any per-file failure is recorded, the batch goes on
         shutil.rmtree(partial, ignore_errors=True)
@@ -370,13 +356,11 @@ def _write_failures(out_dir: Path, failures: list[Failure]) -> Path | None:
     if not failures:
         path.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
         return None
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", newline="") as fh:
+    with atomic.replacing(path) as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "reason"])
         for f in sorted(failures, key=lambda f: f.path):
             w.writerow([f.path, f.reason])
-    os.replace(tmp, path)
     return path
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import atomic
 from ..errors import DataError
 
 __all__ = [
@@ -467,13 +468,7 @@ def render_dataset(
         pairs = {s: [[c.folder, c.pair, c.reverse] for c in cs] for s, cs in classes.items()}
         body = {"settings": settings, "classes": pairs}
         _write_text(tmp / "synth.json", json.dumps(body, indent=1) + "\n")
-        if out.exists():
-            old_dir = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old_dir)
-            os.replace(tmp, out)
-            shutil.rmtree(old_dir, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        atomic.swap_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("rendered %d videos into %s", total, out)

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import atomic
 from ..data.synth import PALETTE, render_still, sample_params
 from ..errors import EncoderError
 from .preprocess import preprocess_frames
@@ -411,12 +412,9 @@ def ensure_offline_encoder(
     state, stats = train_offline_encoder(cfg, on_progress=on_progress)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(state, tmp)
-        meta_tmp = tmp.with_suffix(".json")
-        meta_tmp.write_text(json.dumps({"name": OFFLINE_ENCODER_NAME, **stats}, indent=1))
-        os.replace(meta_tmp, path.with_suffix(".json"))
-        os.replace(tmp, path)  # the weights last: their presence means complete
+        meta = json.dumps({"name": OFFLINE_ENCODER_NAME, **stats}, indent=1)
+        atomic.write_text(path.with_suffix(".json"), meta)
+        atomic.torch_save(state, path)  # the weights last: their presence means complete
     except OSError as exc:
         raise EncoderError(
             f"cannot write the offline encoder to {path}: {exc}; "

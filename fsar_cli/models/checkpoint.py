@@ -13,7 +13,6 @@ reads them), the head's registered name and its constructor arguments, and are w
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 import yaml
 
+from .. import atomic
 from ..errors import CheckpointError, FsarError
 from .clipfsar import CLIPFSARHead
 from .registry import FewShotHead, head_spec
@@ -220,12 +220,7 @@ def _check_plain(value: Any, where: str) -> None:
 
 def _atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.torch_save(obj, path)
 
 
 def save_head_checkpoint(
