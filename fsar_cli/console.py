@@ -62,7 +62,9 @@ def cli_errors() -> Iterator[None]:
     except FsarError as exc:
         if debug_enabled():
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # Under torchrun every rank meets the same error; one copy of the message is enough.
+        if os.environ.get("RANK", "0") in ("", "0"):
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]: finished work is kept; rerun to resume.")

@@ -229,6 +229,11 @@ def run_demo(
     from .data.extract import extract_frames
     from .data.synth import render_dataset
 
+    if backbone != "offline":
+        # Fail before rendering anything if real CLIP weights cannot be had (offline, typo).
+        from .encoders.clip import load_encoder
+
+        load_encoder(backbone, device=device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..console import cli_errors, console, progress
+from ._options import DbOpt
 
 if TYPE_CHECKING:
     from ..bench import BenchResult
@@ -131,13 +132,7 @@ def bench_command(
     allow_missing: Annotated[
         bool, typer.Option("--allow-missing", help="Sample only videos that have features.")
     ] = False,
-    db: Annotated[
-        Path | None,
-        typer.Option(
-            "--db",
-            help="Results database (default: $FSAR_RESULTS_DB or ~/.cache/fsar/results.sqlite).",
-        ),
-    ] = None,
+    db: DbOpt = None,
     no_record: Annotated[
         bool, typer.Option("--no-record", help="Do not append results to the database.")
     ] = False,

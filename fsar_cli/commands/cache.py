@@ -17,6 +17,7 @@ import typer
 from rich.table import Table
 
 from ..console import cli_errors, console, progress
+from ._options import OverrideOpt
 
 __all__ = ["ORDER", "register", "cache"]
 
@@ -97,10 +98,7 @@ def cache(
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a recipe key, e.g. --set features.batch_size=128."),
-    ] = None,
+    overrides: OverrideOpt = None,
 ) -> None:
     """Cache per-frame CLIP features of every video (resumable; rerun to finish; shardable)."""
     with cli_errors():

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ..console import cli_errors, console, err_console, progress
+from ._options import OverrideOpt
 
 ORDER = 15
 
@@ -42,9 +43,7 @@ def check(
         Path | None,
         typer.Option("--problems", help="Write missing/undecodable entries to this CSV."),
     ] = None,
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="Recipe override KEY=VALUE (repeatable).")
-    ] = None,
+    overrides: OverrideOpt = None,
 ) -> None:
     """Count listed, present, missing and undecodable entries per split and class.
 

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..console import cli_errors, console, err_console
+from ._options import OverrideOpt
 
 ORDER = 80
 
@@ -61,9 +62,7 @@ def demo(
     steps: Annotated[int | None, typer.Option(help="Meta-training steps per trained head.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic dataset.")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="Recipe override KEY=VALUE (repeatable).")
-    ] = None,
+    overrides: OverrideOpt = None,
 ) -> None:
     """Run synth -> extract -> cache -> train -> eval on a synthetic benchmark and print the table.
 

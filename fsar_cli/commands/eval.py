@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from ..console import cli_errors, console, progress
+from ._options import DbOpt, OverrideOpt
 
 if TYPE_CHECKING:
     from ..evaluate import EvalResult
@@ -92,13 +93,7 @@ def eval_command(
     episodes_file: Annotated[
         Path | None, typer.Option("--episodes-file", help="Evaluate this episode list instead.")
     ] = None,
-    db: Annotated[
-        Path | None,
-        typer.Option(
-            "--db",
-            help="Results database (default: $FSAR_RESULTS_DB or ~/.cache/fsar/results.sqlite).",
-        ),
-    ] = None,
+    db: DbOpt = None,
     no_record: Annotated[
         bool, typer.Option("--no-record", help="Do not append the result to the database.")
     ] = False,
@@ -107,9 +102,7 @@ def eval_command(
         typer.Option("--trust", help="Allow unpickling a reference checkpoint (runs its code)."),
     ] = False,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="Recipe override KEY=VALUE (repeatable).")
-    ] = None,
+    overrides: OverrideOpt = None,
 ) -> None:
     """Evaluate a head on N-way K-shot episodes of a cached split; mean accuracy and 95% CI.
 

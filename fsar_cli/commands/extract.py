@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from ..console import cli_errors, console, err_console, progress
+from ._options import OverrideOpt
 
 ORDER = 10
 
@@ -47,9 +48,7 @@ def extract(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Re-extract folders made with other settings.")
     ] = False,
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="Recipe override KEY=VALUE (repeatable).")
-    ] = None,
+    overrides: OverrideOpt = None,
 ) -> None:
     """Extract JPEG frames: OUT/<video path without extension>/00000001.jpg ...
 

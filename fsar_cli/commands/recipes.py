@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ..console import cli_errors, console
 from ..recipe import dump_recipe, list_recipes, load_recipe
+from ._options import OverrideOpt
 
 ORDER = 5
 
@@ -19,11 +20,6 @@ recipes_app = typer.Typer(
     invoke_without_command=True,
     no_args_is_help=False,
 )
-
-OverrideOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a recipe key, e.g. --set train.lr=1e-5 (repeatable)."),
-]
 
 
 @recipes_app.callback()

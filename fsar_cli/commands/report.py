@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..console import cli_errors, console
+from ._options import DbOpt
 
 ORDER = 60
 
@@ -31,13 +32,7 @@ def report_command(
     no_published: Annotated[
         bool, typer.Option("--no-published", help="Markdown: leave out the published rows.")
     ] = False,
-    db: Annotated[
-        Path | None,
-        typer.Option(
-            "--db",
-            help="Results database (default: $FSAR_RESULTS_DB or ~/.cache/fsar/results.sqlite).",
-        ),
-    ] = None,
+    db: DbOpt = None,
 ) -> None:
     """Export evaluation results: CSV with documented columns, or a markdown table.
 

@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from ..console import cli_errors, console, progress
+from ._options import OverrideOpt
 
 ORDER = 40
 
@@ -45,9 +46,7 @@ def train(
             "continue later with --resume. To change the run's length, use --set train.steps=N.",
         ),
     ] = None,
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="Recipe override KEY=VALUE (repeatable).")
-    ] = None,
+    overrides: OverrideOpt = None,
 ) -> None:
     """Meta-train the recipe's head (on cached features, or end to end with --mode finetune).
 
