@@ -19,6 +19,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -26,7 +27,15 @@ from rich.progress import (
 
 from .errors import FsarError
 
-__all__ = ["console", "err_console", "cli_errors", "progress", "setup_logging", "debug_enabled"]
+__all__ = [
+    "console",
+    "err_console",
+    "cli_errors",
+    "progress",
+    "staged_progress",
+    "setup_logging",
+    "debug_enabled",
+]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -71,10 +80,8 @@ def cli_errors() -> Iterator[None]:
         raise typer.Exit(code=130) from None
 
 
-@contextmanager
-def progress(description: str, total: int | None = None) -> Iterator[ProgressCallback]:
-    """A Rich progress bar; yields the ``on_progress`` callback that library functions take."""
-    bar = Progress(
+def _new_bar() -> Progress:
+    return Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -86,15 +93,54 @@ def progress(description: str, total: int | None = None) -> Iterator[ProgressCal
         transient=False,
         disable=os.environ.get("FSAR_NO_PROGRESS", "") not in ("", "0"),
     )
-    with bar:
+
+
+def _advance(
+    bar: Progress, task: TaskID, n: int, total: int | None, label: str | None, restart: bool
+) -> None:
+    kwargs: dict[str, object] = {}
+    if total is not None:
+        kwargs["total"] = total
+        if restart:  # a new total starts the bar afresh (one stage can run several jobs)
+            kwargs["completed"] = 0
+    if label is not None:
+        kwargs["status"] = label
+    bar.update(task, advance=n, **kwargs)  # type: ignore[arg-type]
+
+
+@contextmanager
+def progress(description: str, total: int | None = None) -> Iterator[ProgressCallback]:
+    """A Rich progress bar; yields the ``on_progress`` callback that library functions take."""
+    with _new_bar() as bar:
         task = bar.add_task(description, total=total, status="")
 
         def advance(n: int = 1, *, total: int | None = None, label: str | None = None) -> None:
-            kwargs: dict[str, object] = {}
-            if total is not None:
-                kwargs["total"] = total
-            if label is not None:
-                kwargs["status"] = label
-            bar.update(task, advance=n, **kwargs)  # type: ignore[arg-type]
+            _advance(bar, task, n, total, label, restart=False)
 
         yield advance
+
+
+@contextmanager
+def staged_progress() -> Iterator[tuple[Callable[[str, str], None], ProgressCallback]]:
+    """One bar per stage of a multi-stage command (``fsar demo``).
+
+    Yields ``(on_stage, on_progress)``: ``on_stage(name, detail)`` closes the current bar and
+    opens the next; ``on_progress`` advances the current one, and a new ``total`` restarts it.
+    """
+    with _new_bar() as bar:
+        current: list[TaskID] = []
+
+        def on_stage(name: str, detail: str) -> None:
+            if current:
+                bar.update(current[-1], status="done")
+                bar.stop_task(current[-1])
+            current.append(bar.add_task(name, total=None, status=detail))
+
+        def on_progress(n: int = 1, *, total: int | None = None, label: str | None = None) -> None:
+            if current:
+                _advance(bar, current[-1], n, total, label, restart=True)
+
+        yield on_stage, on_progress
+        if current:
+            bar.update(current[-1], status="done")
+            bar.stop_task(current[-1])

@@ -22,6 +22,7 @@ path is tested and benchmarked against.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -236,6 +237,18 @@ def _prototypes(
     return torch.cat(out)
 
 
+@contextmanager
+def _evaluating(head: torch.nn.Module) -> Iterator[None]:
+    """Eval mode under ``torch.inference_mode``; the head's train/eval mode is restored after."""
+    was_training = head.training
+    head.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        head.train(was_training)
+
+
 def episode_accuracies(
     head: torch.nn.Module,
     features: np.ndarray,
@@ -270,21 +283,16 @@ def episode_accuracies(
             f"{type(head).__name__} lacks encode_query/prototypes/match (subclass FewShotHead)"
         )
     _check_text(head, text, batch.classes)
-    was_training = head.training
-    head.eval()
-    try:
-        with torch.inference_mode():
-            t = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32)).to(device)
-            step = max(1, min(int(chunk), _MATCH_BLOCK))
-            labels = batch.query_labels
-            accs = np.empty(len(batch), dtype=np.float64)
-            for a, b, logits in _fast_logits(head, features, t, batch, device, step, videos):
-                accs[a:b] = accuracy(logits.float().cpu().numpy(), labels[a:b])
-                if on_progress is not None:
-                    on_progress(b - a)
-            return accs
-    finally:
-        head.train(was_training)
+    with _evaluating(head):
+        t = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32)).to(device)
+        step = max(1, min(int(chunk), _MATCH_BLOCK))
+        labels = batch.query_labels
+        accs = np.empty(len(batch), dtype=np.float64)
+        for a, b, logits in _fast_logits(head, features, t, batch, device, step, videos):
+            accs[a:b] = accuracy(logits.float().cpu().numpy(), labels[a:b])
+            if on_progress is not None:
+                on_progress(b - a)
+        return accs
 
 
 # --------------------------------------------------------------------------- across ranks
@@ -389,16 +397,11 @@ def episode_logits(
         float32 [E, W*Q, W]; column j is episode class j (``batch.classes[:, j]``).
     """
     _check_text(head, text, batch.classes)
-    was_training = head.training
-    head.eval()
-    try:
-        with torch.inference_mode():
-            t = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32)).to(device)
-            step = max(1, min(int(chunk), _MATCH_BLOCK))
-            blocks = _fast_logits(head, features, t, batch, device, step)
-            return np.concatenate([lg.float().cpu().numpy() for _, _, lg in blocks])
-    finally:
-        head.train(was_training)
+    with _evaluating(head):
+        t = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32)).to(device)
+        step = max(1, min(int(chunk), _MATCH_BLOCK))
+        blocks = _fast_logits(head, features, t, batch, device, step)
+        return np.concatenate([lg.float().cpu().numpy() for _, _, lg in blocks])
 
 
 def loop_episode_accuracies(
@@ -413,20 +416,15 @@ def loop_episode_accuracies(
 
     Slow; the reference the fast path is tested and benchmarked against. Returns float64 [E].
     """
-    was_training = head.training
-    head.eval()
     accs = np.empty(len(batch), dtype=np.float64)
-    try:
-        with torch.inference_mode():
-            for e in range(len(batch)):
-                s, q = batch.slice(e, e + 1).gather(features)  # (1, W*K, T, D), (1, W*Q, T, D)
-                logits = head.episode_logits(
-                    torch.from_numpy(s[0]).to(device),
-                    torch.from_numpy(batch.support_labels[e]).to(device),
-                    torch.from_numpy(q[0]).to(device),
-                    torch.from_numpy(np.asarray(text[batch.classes[e]], np.float32)).to(device),
-                )  # (W*Q, W)
-                accs[e] = accuracy(logits.float().cpu().numpy(), batch.query_labels[e])
-    finally:
-        head.train(was_training)
+    with _evaluating(head):
+        for e in range(len(batch)):
+            s, q = batch.slice(e, e + 1).gather(features)  # (1, W*K, T, D), (1, W*Q, T, D)
+            logits = head.episode_logits(
+                torch.from_numpy(s[0]).to(device),
+                torch.from_numpy(batch.support_labels[e]).to(device),
+                torch.from_numpy(q[0]).to(device),
+                torch.from_numpy(np.asarray(text[batch.classes[e]], np.float32)).to(device),
+            )  # (W*Q, W)
+            accs[e] = accuracy(logits.float().cpu().numpy(), batch.query_labels[e])
     return accs

@@ -304,21 +304,17 @@ def finetune_train(
             rate = (b - a) / max(time.perf_counter() - t_step, 1e-9)
             progress(1, label=f"loss {vals['loss']:.3f} · {rate:.2f} episodes/s{label_val}")
 
-    steps_done = max(start, stop)
-    result = TrainResult(
-        out_dir=run.path,
-        head=m.head.name,
-        steps_done=steps_done,
+    result = TrainResult.from_loop(
+        run.path,
+        m.head.name,
+        start=start,
+        stop=stop,
         steps_total=N,
-        finished=steps_done >= N,
-        resumed_from=start if resume else None,
-        episodes_seen=steps_done * E,
+        episodes_per_step=E,
+        resumed=resume,
         last_loss=last_loss,
-        final_val_acc=final_val[0] if final_val else None,
-        final_val_ci95=final_val[1] if final_val else None,
-        best_val_acc=best["acc"],
-        best_val_ci95=best["ci95"],
-        best_step=best["step"],
+        final_val=final_val,
+        best=best,
         selected_on=val.label,
         encoder=m.encoder.name,
         encoder_random=m.encoder.is_random,

@@ -93,6 +93,49 @@ class TrainResult:
         d["out_dir"] = str(self.out_dir)
         return d
 
+    @classmethod
+    def from_loop(
+        cls,
+        out_dir: Path,
+        head: str,
+        *,
+        start: int,
+        stop: int,
+        steps_total: int,
+        episodes_per_step: int,
+        resumed: bool,
+        last_loss: float | None,
+        final_val: tuple[float, float] | None,
+        best: dict[str, Any],
+        selected_on: str,
+        encoder: str,
+        encoder_random: bool,
+        device: str,
+        seconds: float,
+    ) -> TrainResult:
+        """The result of a training loop that ran steps ``start+1 .. stop`` (both trainers)."""
+        steps_done = max(start, stop)
+        return cls(
+            out_dir=out_dir,
+            head=head,
+            steps_done=steps_done,
+            steps_total=steps_total,
+            finished=steps_done >= steps_total,
+            resumed_from=start if resumed else None,
+            episodes_seen=steps_done * episodes_per_step,
+            last_loss=last_loss,
+            final_val_acc=final_val[0] if final_val else None,
+            final_val_ci95=final_val[1] if final_val else None,
+            best_val_acc=best["acc"],
+            best_val_ci95=best["ci95"],
+            best_step=best["step"],
+            selected_on=selected_on,
+            encoder=encoder,
+            encoder_random=encoder_random,
+            device=device,
+            seconds=seconds,
+        )
+
 
 # --------------------------------------------------------------------------- setup helpers
 
@@ -282,21 +325,17 @@ def meta_train(
         if progress is not None:
             progress(1, label=f"loss {last_loss:.3f}{label_val}")
 
-    steps_done = max(start, stop)
-    result = TrainResult(
-        out_dir=run.path,
-        head=head.name,
-        steps_done=steps_done,
+    result = TrainResult.from_loop(
+        run.path,
+        head.name,
+        start=start,
+        stop=stop,
         steps_total=N,
-        finished=steps_done >= N,
-        resumed_from=start if resume else None,
-        episodes_seen=steps_done * E,
+        episodes_per_step=E,
+        resumed=resume,
         last_loss=last_loss,
-        final_val_acc=final_val[0] if final_val else None,
-        final_val_ci95=final_val[1] if final_val else None,
-        best_val_acc=best["acc"],
-        best_val_ci95=best["ci95"],
-        best_step=best["step"],
+        final_val=final_val,
+        best=best,
         selected_on=sel_label,
         encoder=str(su.train_store.meta.get("encoder", "?")),
         encoder_random=bool(su.train_store.meta.get("encoder_random", False)),

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["OverrideOpt", "DbOpt"]
+__all__ = [
+    "OverrideOpt",
+    "DbOpt",
+    "WayOpt",
+    "QueryOpt",
+    "SeedOpt",
+    "EvalSplitOpt",
+    "NoRecordOpt",
+    "DeviceOpt",
+]
 
 OverrideOpt = Annotated[
     list[str] | None,
@@ -20,3 +29,15 @@ DbOpt = Annotated[
         "--db", help="Results database (default: $FSAR_RESULTS_DB or ~/.cache/fsar/results.sqlite)."
     ),
 ]
+
+# Episode options of `fsar eval` and `fsar bench` (None = the recipe's eval settings).
+WayOpt = Annotated[int | None, typer.Option("--way", help="Classes per episode (default: recipe).")]
+QueryOpt = Annotated[
+    int | None, typer.Option("--query", help="Queries per class (default: recipe).")
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Episode seed (default: recipe, 0).")]
+EvalSplitOpt = Annotated[str | None, typer.Option("--split", help="Cached split (default: test).")]
+NoRecordOpt = Annotated[
+    bool, typer.Option("--no-record", help="Do not append results to the database.")
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]

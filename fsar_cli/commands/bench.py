@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..console import cli_errors, console, progress
-from ._options import DbOpt
+from ._options import DbOpt, DeviceOpt, EvalSplitOpt, NoRecordOpt, QueryOpt, SeedOpt, WayOpt
 
 if TYPE_CHECKING:
     from ..bench import BenchResult
@@ -114,29 +114,19 @@ def bench_command(
         list[str] | None,
         typer.Option("--checkpoint", help="RECIPE=RUN_OR_FILE (repeatable); overrides --runs."),
     ] = None,
-    way: Annotated[
-        int | None, typer.Option("--way", help="Classes per episode (default: recipe).")
-    ] = None,
-    query: Annotated[
-        int | None, typer.Option("--query", help="Queries per class (default: recipe).")
-    ] = None,
+    way: WayOpt = None,
+    query: QueryOpt = None,
     episodes: Annotated[
         int | None, typer.Option("--episodes", help="Episodes per cell (default: recipe, 10000).")
     ] = None,
-    seed: Annotated[
-        int | None, typer.Option("--seed", help="Episode seed (default: recipe, 0).")
-    ] = None,
-    split: Annotated[
-        str | None, typer.Option("--split", help="Cached split (default: test).")
-    ] = None,
+    seed: SeedOpt = None,
+    split: EvalSplitOpt = None,
     allow_missing: Annotated[
         bool, typer.Option("--allow-missing", help="Sample only videos that have features.")
     ] = False,
     db: DbOpt = None,
-    no_record: Annotated[
-        bool, typer.Option("--no-record", help="Do not append results to the database.")
-    ] = False,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    no_record: NoRecordOpt = False,
+    device: DeviceOpt = "cpu",
     overrides: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override KEY=VALUE for every recipe (repeatable)."),

@@ -2,51 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Any
 
 import typer
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..console import cli_errors, console, err_console
+from ..console import cli_errors, console, staged_progress
 from ._options import OverrideOpt
 
 ORDER = 80
-
-
-def _stage_progress() -> tuple[Progress, Any, Any]:
-    """One bar per stage: ``on_stage`` opens a bar, ``on_progress`` advances the current one."""
-    bar = Progress(
-        TextColumn("[bold]{task.description:<8}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=err_console,
-        disable=os.environ.get("FSAR_NO_PROGRESS", "") not in ("", "0"),
-    )
-    current: dict[str, Any] = {}
-
-    def on_stage(name: str, detail: str) -> None:
-        if "task" in current:
-            bar.update(current["task"], status="done")
-            bar.stop_task(current["task"])
-        current["task"] = bar.add_task(name, total=None, status=detail)
-
-    def on_progress(n: int = 1, *, total: int | None = None, label: str | None = None) -> None:
-        if "task" not in current:
-            return
-        kw: dict[str, Any] = {}
-        if total is not None:  # a new total starts the bar afresh (one stage can run several jobs)
-            kw["total"] = total
-            kw["completed"] = 0
-        if label is not None:
-            kw["status"] = label
-        bar.update(current["task"], advance=n, **kw)
-
-    return bar, on_stage, on_progress
 
 
 def demo(
@@ -71,8 +36,7 @@ def demo(
     with cli_errors():
         from ..demo import run_demo
 
-        bar, on_stage, on_progress = _stage_progress()
-        with bar:
+        with staged_progress() as (on_stage, on_progress):
             res = run_demo(
                 out,
                 backbone=backbone,
@@ -85,7 +49,6 @@ def demo(
                 on_stage=on_stage,
                 on_progress=on_progress,
             )
-            on_stage("finished", "")
     _render(res)
 
 

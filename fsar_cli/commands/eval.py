@@ -15,7 +15,16 @@ import typer
 from rich.table import Table
 
 from ..console import cli_errors, console, progress
-from ._options import DbOpt, OverrideOpt
+from ._options import (
+    DbOpt,
+    DeviceOpt,
+    EvalSplitOpt,
+    NoRecordOpt,
+    OverrideOpt,
+    QueryOpt,
+    SeedOpt,
+    WayOpt,
+)
 
 if TYPE_CHECKING:
     from ..evaluate import EvalResult
@@ -60,24 +69,16 @@ def eval_command(
             "reference's). Not needed for the baselines proto, otam, text.",
         ),
     ] = None,
-    way: Annotated[
-        int | None, typer.Option("--way", help="Classes per episode (default: recipe).")
-    ] = None,
+    way: WayOpt = None,
     shot: Annotated[
         int | None, typer.Option("--shot", help="Shots per class (default: recipe).")
     ] = None,
-    query: Annotated[
-        int | None, typer.Option("--query", help="Queries per class (default: recipe).")
-    ] = None,
+    query: QueryOpt = None,
     episodes: Annotated[
         int | None, typer.Option("--episodes", help="Episodes (default: recipe, 10000).")
     ] = None,
-    seed: Annotated[
-        int | None, typer.Option("--seed", help="Episode seed (default: recipe, 0).")
-    ] = None,
-    split: Annotated[
-        str | None, typer.Option("--split", help="Cached split (default: test).")
-    ] = None,
+    seed: SeedOpt = None,
+    split: EvalSplitOpt = None,
     head: Annotated[
         str | None, typer.Option("--head", help="Head name (default: checkpoint's, else recipe's).")
     ] = None,
@@ -94,14 +95,12 @@ def eval_command(
         Path | None, typer.Option("--episodes-file", help="Evaluate this episode list instead.")
     ] = None,
     db: DbOpt = None,
-    no_record: Annotated[
-        bool, typer.Option("--no-record", help="Do not append the result to the database.")
-    ] = False,
+    no_record: NoRecordOpt = False,
     trust: Annotated[
         bool,
         typer.Option("--trust", help="Allow unpickling a reference checkpoint (runs its code)."),
     ] = False,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    device: DeviceOpt = "cpu",
     overrides: OverrideOpt = None,
 ) -> None:
     """Evaluate a head on N-way K-shot episodes of a cached split; mean accuracy and 95% CI.

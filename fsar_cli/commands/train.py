@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from ..console import cli_errors, console, progress
-from ._options import OverrideOpt
+from ._options import DeviceOpt, OverrideOpt
 
 ORDER = 40
 
@@ -29,7 +29,7 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")
     ] = False,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    device: DeviceOpt = "cpu",
     mode: Annotated[
         str | None,
         typer.Option(
