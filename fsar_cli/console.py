@@ -35,6 +35,7 @@ __all__ = [
     "staged_progress",
     "setup_logging",
     "debug_enabled",
+    "encoder_text",
 ]
 
 console = Console()
@@ -43,6 +44,20 @@ err_console = Console(stderr=True)
 #: ``on_progress(n=1, *, total=None, label=None)``: advance the bar by ``n`` steps; ``total`` (when
 #: not None) sets the bar's total; ``label`` (when not None) sets the status text after the bar.
 ProgressCallback = Callable[..., None]
+
+
+#: The offline demo encoder's name (``fsar_cli.encoders.offline.OFFLINE_ENCODER_NAME``, kept here as
+#: text so the CLI layer does not import torch to render a table).
+OFFLINE_ENCODER = "offline-demo"
+
+
+def encoder_text(name: str, is_random: bool) -> str:
+    """How an encoder is named in every table: random and non-OpenAI weights are flagged."""
+    if is_random:
+        return f"{name} [bold red]RANDOM WEIGHTS[/] (random weights: not a real result)"
+    if name == OFFLINE_ENCODER:
+        return f"{name} (fsar's demo CLIP, [bold]not the OpenAI weights[/])"
+    return name
 
 
 def debug_enabled() -> bool:

@@ -197,6 +197,12 @@ class Recipe:
     eval: EvalCfg = field(default_factory=EvalCfg)
     source_path: str | None = field(default=None, compare=False)
 
+    def with_split_dir(self, path: str | Path | None) -> Recipe:
+        """This recipe reading its split files from ``path`` (``--splits``); None = unchanged."""
+        if path is None:
+            return self
+        return dataclasses.replace(self, data=dataclasses.replace(self.data, split_dir=str(path)))
+
     def split_dir(self) -> Path:
         """The folder holding ``{train,val,test}_few_shot.txt``.
 

@@ -127,3 +127,25 @@ def test_cache_weights_run_folder_uses_its_fine_tuned_tower(tmp_path: Path) -> N
     resolved = yaml.safe_load((tmp_path / "cache" / "resolved_recipe.yaml").read_text())
     assert resolved["features"]["weights"] == str(run / TOWER_FILE)
     assert resolved["features"]["encoder"] == "random:tiny"
+
+
+def test_splits_option_overrides_env(shared, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--splits DIR` wins over $FSAR_SPLITS (here pointing nowhere) and the recipe key."""
+    monkeypatch.setenv("FSAR_SPLITS", str(tmp_path / "nowhere"))
+    args = ["data", "check", "hmdb51", "--split", "test", "--root", str(tmp_path)]
+    without = runner.invoke(app, args)
+    assert without.exit_code == 1 and "does not exist" in without.output
+    with_opt = runner.invoke(app, [*args, "--splits", str(shared / "benchmarks")])
+    assert with_opt.exit_code == 1  # read the 1,292 test entries; no video is present here
+    assert "does not exist; run `fsar splits download`" not in with_opt.output
+    assert "1292" in with_opt.output.replace(",", "")
+
+
+def test_encoder_text_flags_random_and_demo_weights() -> None:
+    from fsar_cli.console import OFFLINE_ENCODER, encoder_text
+    from fsar_cli.encoders.offline import OFFLINE_ENCODER_NAME
+
+    assert OFFLINE_ENCODER == OFFLINE_ENCODER_NAME
+    assert "RANDOM WEIGHTS" in encoder_text("random:tiny", True)
+    assert "not the OpenAI weights" in encoder_text(OFFLINE_ENCODER_NAME, False)
+    assert encoder_text("ViT-B/16", False) == "ViT-B/16"

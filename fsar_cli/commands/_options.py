@@ -9,6 +9,7 @@ import typer
 
 __all__ = [
     "OverrideOpt",
+    "SplitsOpt",
     "DbOpt",
     "WayOpt",
     "QueryOpt",
@@ -21,6 +22,15 @@ __all__ = [
 OverrideOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a recipe key, e.g. --set train.lr=1e-5 (repeatable)."),
+]
+
+SplitsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--splits",
+        help="Folder with the split files (or with <name>/ subfolders); overrides "
+        "data.split_dir and $FSAR_SPLITS.",
+    ),
 ]
 
 DbOpt = Annotated[

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..console import cli_errors, console, progress
+from ..console import cli_errors, console, encoder_text, progress
 from ._options import DbOpt, DeviceOpt, EvalSplitOpt, NoRecordOpt, QueryOpt, SeedOpt, WayOpt
 
 if TYPE_CHECKING:
@@ -50,9 +50,7 @@ def bench_table(result: BenchResult) -> tuple[Table, list[str]]:
                     acc = f"[bold]{row.acc:.2f} ± {row.ci95:.2f}[/]"
                 else:
                     acc = "[yellow]skipped[/]" if row.status == "skipped" else "[red]error[/]"
-                enc = escape(row.encoder) + (
-                    " [red]RANDOM WEIGHTS[/]" if row.encoder_random else ""
-                )
+                enc = encoder_text(escape(row.encoder), row.encoder_random)
                 eps = f"{row.n_episodes:,}" if row.n_episodes else ""
                 table.add_row(
                     row.dataset, str(k), escape(row.head), enc, acc, eps, escape(row.note)

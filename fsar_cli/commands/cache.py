@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 
 from ..console import cli_errors, console, progress
-from ._options import OverrideOpt
+from ._options import OverrideOpt, SplitsOpt
 
 __all__ = ["ORDER", "register", "cache"]
 
@@ -98,6 +98,7 @@ def cache(
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    splits: SplitsOpt = None,
     overrides: OverrideOpt = None,
 ) -> None:
     """Cache per-frame CLIP features of every video (resumable; rerun to finish; shardable)."""
@@ -106,7 +107,7 @@ def cache(
         from ..cache import cache_features, parse_shard
         from ..recipe import SPLITS, load_recipe, write_resolved
 
-        cfg = load_recipe(recipe, list(overrides or []))
+        cfg = load_recipe(recipe, list(overrides or [])).with_split_dir(splits)
         feats = cfg.features
         weights_v = str(weights) if weights is not None else feats.weights
         if weights_v is not None:  # a fine-tuned run folder -> its tower.pt (+ tower.json's name)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..console import cli_errors, console, err_console, progress
-from ._options import OverrideOpt
+from ._options import OverrideOpt, SplitsOpt
 
 ORDER = 15
 
@@ -43,6 +43,7 @@ def check(
         Path | None,
         typer.Option("--problems", help="Write missing/undecodable entries to this CSV."),
     ] = None,
+    splits: SplitsOpt = None,
     overrides: OverrideOpt = None,
 ) -> None:
     """Count listed, present, missing and undecodable entries per split and class.
@@ -53,7 +54,7 @@ def check(
     from ..recipe import SPLITS, load_recipe
 
     with cli_errors():
-        cfg = load_recipe(recipe, overrides or [])
+        cfg = load_recipe(recipe, overrides or []).with_split_dir(splits)
         with progress("checking") as advance:
             result = check_dataset(
                 cfg,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from ..console import cli_errors, console, progress
+from ..console import cli_errors, console, encoder_text, progress
 from ._options import (
     DbOpt,
     DeviceOpt,
@@ -44,10 +44,7 @@ def result_table(r: EvalResult, title: str = "fsar eval") -> Table:
     table.add_row("protocol", f"{r.n_way}-way {r.k_shot}-shot, {r.n_query} query per class")
     table.add_row("episodes", f"{r.n_episodes:,} ({r.episodes_source}), seed {r.seed}")
     table.add_row("head", r.head)
-    enc = r.encoder + (
-        " [bold red]RANDOM WEIGHTS[/] (not a real result)" if r.encoder_random else ""
-    )
-    table.add_row("encoder", enc)
+    table.add_row("encoder", encoder_text(r.encoder, r.encoder_random))
     table.add_row("sampling", r.sampling)
     table.add_row("checkpoint", r.checkpoint or "none (untrained baseline)")
     table.add_row("missing videos", f"[yellow]{r.missing}[/]" if r.missing else "none")

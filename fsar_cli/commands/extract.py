@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ..console import cli_errors, console, err_console, progress
-from ._options import OverrideOpt
+from ._options import OverrideOpt, SplitsOpt
 
 ORDER = 10
 
@@ -48,6 +48,7 @@ def extract(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Re-extract folders made with other settings.")
     ] = False,
+    splits: SplitsOpt = None,
     overrides: OverrideOpt = None,
 ) -> None:
     """Extract JPEG frames: OUT/<video path without extension>/00000001.jpg ...
@@ -64,7 +65,7 @@ def extract(
             raise typer.BadParameter("--fps and --num-frames exclude each other; pick one")
         cfg = None
         if recipe is not None:
-            cfg = load_recipe(recipe, overrides or [])
+            cfg = load_recipe(recipe, overrides or []).with_split_dir(splits)
             if root is not None:
                 cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root)))
         elif overrides or root is not None or split:

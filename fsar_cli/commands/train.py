@@ -15,8 +15,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..console import cli_errors, console, progress
-from ._options import DeviceOpt, OverrideOpt
+from ..console import cli_errors, console, encoder_text, progress
+from ._options import DeviceOpt, OverrideOpt, SplitsOpt
 
 ORDER = 40
 
@@ -46,6 +46,7 @@ def train(
             "continue later with --resume. To change the run's length, use --set train.steps=N.",
         ),
     ] = None,
+    splits: SplitsOpt = None,
     overrides: OverrideOpt = None,
 ) -> None:
     """Meta-train the recipe's head (on cached features, or end to end with --mode finetune).
@@ -62,7 +63,7 @@ def train(
         if mode is not None and mode not in ("frozen", "finetune"):
             raise typer.BadParameter(f"--mode {mode!r}: use frozen or finetune")
         sets = [*(overrides or []), *([f"train.mode={mode}"] if mode else [])]
-        cfg = load_recipe(recipe, sets)
+        cfg = load_recipe(recipe, sets).with_split_dir(splits)
         if cfg.train.mode == "finetune":
             from ..finetune import finetune_train as train_fn
         else:
@@ -111,8 +112,7 @@ def train(
             f"{100 * result.best_val_acc:.2f} ± {100 * result.best_val_ci95:.2f} "
             f"(step {result.best_step})",
         )
-    enc = result.encoder + (" [red](random weights)[/]" if result.encoder_random else "")
-    table.add_row("encoder", enc)
+    table.add_row("encoder", encoder_text(result.encoder, result.encoder_random))
     table.add_row("device / time", f"{result.device} / {result.seconds:.1f} s")
     table.add_row("run folder", str(result.out_dir))
     console.print(table)

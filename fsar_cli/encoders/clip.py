@@ -147,6 +147,10 @@ class Encoder:
             return f"{self.name} ({RANDOM_LABEL})"
         if self.text_random:
             return f"{self.name} (text tower: {RANDOM_LABEL})"
+        from .offline import OFFLINE_ENCODER_NAME
+
+        if self.name == OFFLINE_ENCODER_NAME:
+            return f"{self.name} (fsar's demo CLIP, not the OpenAI weights)"
         return self.name
 
     def describe(self) -> dict[str, Any]:
