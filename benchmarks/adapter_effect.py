@@ -44,7 +44,8 @@ def main() -> None:
         recipe = load_recipe(args.recipe)
     else:
         run_demo(out)  # reuses every finished stage
-        classes = json.loads((out / "synth" / "classes.json").read_text())
+        doc = json.loads((out / "synth" / "classes.json").read_text())
+        classes = {split: doc[split] for split in ("train", "val", "test")}
         recipe = _demo_recipe(out, classes, "offline", ensure_offline_encoder(), [])
     lvt = recipe.train.lambda_vt
     variants = {
