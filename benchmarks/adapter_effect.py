@@ -25,9 +25,9 @@ from pathlib import Path
 
 from fsar_cli.demo import _demo_recipe, run_demo
 from fsar_cli.encoders.offline import ensure_offline_encoder
-from fsar_cli.evaluate import evaluate
+from fsar_cli.evaluation.evaluate import evaluate
 from fsar_cli.recipe import load_recipe
-from fsar_cli.train import meta_train
+from fsar_cli.train.frozen import meta_train
 
 
 def main() -> None:

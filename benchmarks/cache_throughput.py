@@ -5,7 +5,7 @@ On the same frames, in one process, with a randomly initialised CLIP of ViT-B/32
 
 - (a) encoder only: frames/s of ``Encoder.encode_images`` on preprocessed float32 frames already
   in memory, in batches of ``--batch-size``;
-- (b) the whole pipeline: frames/s of ``fsar_cli.cache.cache_features`` from JPEG frame folders on
+- (b) the whole pipeline: frames/s of ``features.cache.cache_features`` from JPEG frame folders on
   disk to a finished store (decode, sample, resize, crop, normalise, encode, write, assemble);
 - (c) decode + preprocess alone, in one thread: frames/s one decode worker delivers.
 
@@ -30,10 +30,10 @@ from pathlib import Path
 import cv2
 import torch
 
-from fsar_cli.cache import cache_features
 from fsar_cli.data.frames import read_frames
+from fsar_cli.data.preprocess import ViewSpec, load_views, normalize, preprocess_frames
 from fsar_cli.encoders.clip import load_encoder
-from fsar_cli.encoders.preprocess import ViewSpec, load_views, normalize, preprocess_frames
+from fsar_cli.features.cache import cache_features
 from fsar_cli.recipe import recipe_from_dict
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

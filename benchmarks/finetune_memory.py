@@ -3,10 +3,10 @@ activation checkpointing of the visual tower.
 
 One reference-sized training episode (5-way 1-shot 5-query = 30 videos x 8 frames = 240 images at
 the tower's resolution, synthetic uint8 frames) goes through what ``fsar train --mode finetune``
-does per episode (:func:`fsar_cli.finetune.episode_loss`: normalise on the device, the CLIP visual
+does per episode (:func:`train.tower.episode_loss`: normalise on the device, the CLIP visual
 tower under autocast (bf16 on CUDA with ``--amp``), the ``clipfsar`` head at its reference size
 with the video-text loss over 64 classes), then backward and the Adam step of
-:func:`fsar_cli.schedule.build_optimizer` over the tower and the head.
+:func:`fsar_cli.train.schedule.build_optimizer` over the tower and the head.
 
 Each configuration runs in its own child process, so peaks do not mix: on CUDA the peak is
 ``torch.cuda.max_memory_allocated`` (weights, gradients, Adam state and activations: what must fit
@@ -50,10 +50,10 @@ def _reset_cpu_peak() -> bool:
 def child(args: argparse.Namespace) -> dict[str, object]:
     """Build the tower and the head, run the steps, return the measurements."""
     from fsar_cli.encoders.clip import load_encoder
-    from fsar_cli.finetune import amp_dtype, enable_grad_checkpointing, episode_loss
     from fsar_cli.models import create_head
     from fsar_cli.recipe import ModelCfg, TrainCfg
-    from fsar_cli.schedule import build_optimizer
+    from fsar_cli.train.schedule import build_optimizer
+    from fsar_cli.train.tower import amp_dtype, enable_grad_checkpointing, episode_loss
 
     if args.threads:
         torch.set_num_threads(args.threads)

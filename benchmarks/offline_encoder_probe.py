@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from fsar_cli.data.frames import read_frames, sample_indices
+from fsar_cli.data.preprocess import preprocess_frames
 from fsar_cli.data.splits import read_split
 from fsar_cli.data.synth import render_dataset
 from fsar_cli.encoders.offline import (
@@ -36,7 +37,6 @@ from fsar_cli.encoders.offline import (
     evaluate_offline_encoder,
     load_offline_encoder,
 )
-from fsar_cli.encoders.preprocess import preprocess_frames
 
 
 def _cos_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,8 +1,8 @@
 """fsar: CLIP for few-shot action recognition.
 
 The public verbs (imported lazily, so ``import fsar_cli`` and ``fsar --help`` stay fast):
-``load_recipe``, ``extract_frames``, ``cache_features``, ``meta_train``, ``write_report``, and
-``fsar_cli.evaluate.evaluate`` (not re-exported: the name ``fsar_cli.evaluate`` is its module).
+``load_recipe``, ``extract_frames``, ``cache_features``, ``meta_train``, ``evaluate`` and
+``write_report``. The package's rooms follow the data path (README, "Architecture").
 Shape letters used in docstrings and comments throughout: ``E`` episodes in a
 batch, ``W`` way, ``K`` shot, ``Q`` queries per class, ``T`` frames, ``D`` feature width, ``C``
 classes of a split, ``V`` views per video.
@@ -25,15 +25,17 @@ __all__ = [
     "extract_frames",
     "cache_features",
     "meta_train",
+    "evaluate",
     "write_report",
 ]
 
 _LAZY = {
     "load_recipe": "fsar_cli.recipe",
     "extract_frames": "fsar_cli.data.extract",
-    "cache_features": "fsar_cli.cache",
-    "meta_train": "fsar_cli.train",
-    "write_report": "fsar_cli.report",
+    "cache_features": "fsar_cli.features.cache",
+    "meta_train": "fsar_cli.train.frozen",
+    "evaluate": "fsar_cli.evaluation.evaluate",
+    "write_report": "fsar_cli.results.report",
 }
 
 

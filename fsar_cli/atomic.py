@@ -7,7 +7,7 @@ that raises leaves the old target untouched and removes its temporary file.
 
 Folders are swapped whole by :func:`swap_dir`: the old folder moves aside to
 ``.<name>.old-<pid>``, the new one moves in, the old one is deleted. Crash recovery elsewhere
-(:func:`fsar_cli.store.recover_store`, the frame extractor's leftover sweep) recognises those
+(:func:`.features.store.recover_store`, the frame extractor's leftover sweep) recognises those
 aside names and uses :func:`pid_alive` to tell a crashed writer from a running one.
 """
 
@@ -149,7 +149,7 @@ def swap_dir(tmp_dir: str | Path, dest_dir: str | Path, *, aside: str | Path | N
     If ``dest_dir`` exists it is renamed to ``aside``, ``tmp_dir`` is renamed to ``dest_dir`` and
     the old folder is deleted; otherwise ``tmp_dir`` is simply renamed. A crash between the two
     renames leaves the old folder at ``aside`` and no ``dest_dir``: recovery code finds it by name
-    (see :func:`fsar_cli.store.recover_store`). ``tmp_dir`` is not removed if a rename fails; the
+    (see :func:`.features.store.recover_store`). ``tmp_dir`` is not removed if a rename fails; the
     caller owns it.
 
     Args:

@@ -131,7 +131,7 @@ def _train(
     recipe: Recipe, head: str, run_dir: Path, device: str, on_progress: ProgressFn | None
 ) -> tuple[dict[str, Any], bool]:
     """Train ``head`` into ``run_dir``: reuse a finished run, resume an interrupted one."""
-    from .train import meta_train
+    from .train.frozen import meta_train
 
     summary = run_dir / "summary.json"
     if summary.is_file():
@@ -160,7 +160,7 @@ def _evaluate(
     on_progress: ProgressFn | None,
 ) -> tuple[dict[str, Any], bool]:
     """One evaluation, reused from ``<out>/evals`` when nothing it depends on changed."""
-    from .evaluate import evaluate
+    from .evaluation.evaluate import evaluate
 
     ckpt_id = _file_digest(checkpoint) if checkpoint is not None else None
     store_meta = Path(recipe.features.cache_dir) / recipe.eval.split / "meta.json"
@@ -225,9 +225,9 @@ def run_demo(
         on_stage: called with (stage, detail) as each stage starts.
         on_progress: the progress callback handed to each stage (``total`` is reset per stage).
     """
-    from .cache import cache_features
     from .data.extract import extract_frames
     from .data.synth import render_dataset
+    from .features.cache import cache_features
 
     if backbone != "offline":
         # Fail before rendering anything if real CLIP weights cannot be had (offline, typo).

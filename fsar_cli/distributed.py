@@ -54,10 +54,34 @@ class Dist:
         return self.world > 1
 
     def device(self, requested: str) -> torch.device:
-        """The device for this rank: ``cuda`` becomes ``cuda:<local_rank>``."""
-        if requested.startswith("cuda") and ":" not in requested and torch.cuda.is_available():
-            return torch.device("cuda", self.local_rank % max(1, torch.cuda.device_count()))
-        return torch.device(requested)
+        """The device for this rank: the one rule for ``--device`` in every command.
+
+        ``auto`` is ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` becomes
+        ``cuda:<local_rank>`` (the launcher's GPU for this process). Anything else that is not
+        ``cpu`` or an existing ``cuda[:i]`` is refused with the fix.
+        """
+        name = str(requested).strip().lower()
+        if name == "auto":
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            dev = torch.device(name)
+        except (RuntimeError, ValueError):
+            dev = None
+        if dev is None or dev.type not in ("cpu", "cuda"):
+            raise FsarError(f"--device {requested!r}: fsar runs on cpu, cuda, cuda:N or auto")
+        if dev.type == "cpu":
+            return dev
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise FsarError(
+                f"--device {requested}: CUDA is not available here (torch {torch.__version__} "
+                "sees no GPU); use --device cpu"
+            )
+        if dev.index is None:
+            return torch.device("cuda", self.local_rank % count)
+        if dev.index >= count:
+            raise FsarError(f"--device {requested}: this machine has {count} GPU(s), cuda:0..")
+        return dev
 
     def barrier(self, timeout: timedelta | None = None) -> None:
         """Wait for every rank. ``timeout``: wait up to that long (default: the process group's,
@@ -168,7 +192,8 @@ def init(device: str = "cpu") -> Dist:
         return _CURRENT
     rank = _env_int("RANK") or 0
     local = _env_int("LOCAL_RANK") or 0
-    backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
+    wants_cuda = device.startswith("cuda") or device == "auto"
+    backend = "nccl" if wants_cuda and torch.cuda.is_available() else "gloo"
     if not dist.is_initialized():
         if backend == "nccl":
             torch.cuda.set_device(local % torch.cuda.device_count())

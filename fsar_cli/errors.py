@@ -1,6 +1,6 @@
 """One error family: every failure a user can fix is an ``FsarError`` with the fix in its message.
 
-The CLI boundary (:func:`fsar_cli.console.cli_errors`) turns these into one red line and exit
+The CLI boundary (:func:`fsar_cli.cli.console.cli_errors`) turns these into one red line and exit
 code 1;
 ``FSAR_DEBUG=1`` (or ``fsar --debug``) shows the full traceback instead.
 """

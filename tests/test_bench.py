@@ -9,12 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsar_cli.bench import run_bench
-from fsar_cli.cli import app
+from fsar_cli.cli.app import app
 from fsar_cli.errors import RecipeError
+from fsar_cli.evaluation.bench import run_bench
 from fsar_cli.models import create_head, save_head_checkpoint
 from fsar_cli.recipe import ModelCfg
-from fsar_cli.results import ResultsDB
+from fsar_cli.results.db import ResultsDB
 from fsar_cli.testing import synthetic_store
 
 

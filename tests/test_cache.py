@@ -17,14 +17,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsar_cli.cache import CROP_MODES, cache_features, parse_shard
-from fsar_cli.cli import app
+from fsar_cli.cli.app import app
 from fsar_cli.data.frames import read_frames, sample_indices
+from fsar_cli.data.preprocess import crop_offset, preprocess_frames, view_rng
 from fsar_cli.encoders.clip import RANDOM_LABEL, Encoder, load_encoder
-from fsar_cli.encoders.preprocess import crop_offset, preprocess_frames, view_rng
 from fsar_cli.errors import CacheError
+from fsar_cli.features.cache import CROP_MODES, cache_features, parse_shard
+from fsar_cli.features.store import FeatureStore
 from fsar_cli.recipe import Recipe, load_recipe
-from fsar_cli.store import FeatureStore
 from fsar_cli.testing import synthetic_store
 
 with warnings.catch_warnings():
@@ -278,7 +278,7 @@ def slow(self, frames):
     time.sleep(0.15)
     return fast(self, frames)
 Encoder.encode_uint8 = slow
-from fsar_cli.cli import app
+from fsar_cli.cli.app import app
 app(sys.argv[1:], prog_name="fsar")
 """
 

@@ -142,7 +142,7 @@ def test_save_rejects_non_plain_extra(tmp_path: Path) -> None:
 
 
 def test_import_checkpoint_cli(tmp_path: Path) -> None:
-    from fsar_cli.cli import app
+    from fsar_cli.cli.app import app
 
     state = _reference_state(4)
     ref = _write_reference(tmp_path / "ref.pyth", state)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from fsar_cli.cli import app
+from fsar_cli.cli.app import app
 from fsar_cli.errors import RecipeError
 
 runner = CliRunner()
@@ -59,10 +59,12 @@ def test_debug_switch_re_raises(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_importing_the_cli_does_not_import_torch() -> None:
     # `fsar --help` stays fast: command modules import torch-heavy library code when they run.
-    code = "import fsar_cli.cli, sys; print('torch' in sys.modules)"
+    code = "import fsar_cli.cli.app, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-    code = "import fsar_cli.cli, sys; print(sorted({'clip', 'cv2', 'pandas'} & set(sys.modules)))"
+    code = (
+        "import fsar_cli.cli.app, sys; print(sorted({'clip', 'cv2', 'pandas'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -102,7 +104,7 @@ def test_cache_weights_run_folder_uses_its_fine_tuned_tower(tmp_path: Path) -> N
     import torch
 
     from fsar_cli.encoders.clip import ARCHS, TOWER_FILE, TOWER_META
-    from fsar_cli.store import FeatureStore, store_path
+    from fsar_cli.features.store import FeatureStore, store_path
 
     recipe = _tiny_recipe(tmp_path)
     run = tmp_path / "run"
@@ -142,7 +144,7 @@ def test_splits_option_overrides_env(shared, tmp_path, monkeypatch: pytest.Monke
 
 
 def test_encoder_text_flags_random_and_demo_weights() -> None:
-    from fsar_cli.console import OFFLINE_ENCODER, encoder_text
+    from fsar_cli.cli.console import OFFLINE_ENCODER, encoder_text
     from fsar_cli.encoders.offline import OFFLINE_ENCODER_NAME
 
     assert OFFLINE_ENCODER == OFFLINE_ENCODER_NAME

@@ -22,7 +22,7 @@ import torch
 from fsar_cli.distributed import Dist
 from fsar_cli.episodes import EpisodeSampler
 from fsar_cli.errors import TrainError
-from fsar_cli.evaluate import (
+from fsar_cli.evaluation.evaluate import (
     EpisodeVideos,
     episode_accuracies,
     episode_videos,
@@ -31,10 +31,11 @@ from fsar_cli.evaluate import (
 )
 from fsar_cli.models import create_head, save_head_checkpoint
 from fsar_cli.recipe import ModelCfg, load_recipe
-from fsar_cli.results import ResultsDB
-from fsar_cli.runs import MetricsLog
+from fsar_cli.results.db import ResultsDB
 from fsar_cli.testing import synthetic_store
-from fsar_cli.train import _check_cfg, meta_train
+from fsar_cli.train.frozen import meta_train
+from fsar_cli.train.loop import check_train_cfg
+from fsar_cli.train.runs import MetricsLog
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -143,9 +144,9 @@ def test_rank_shares_reassemble_the_single_process_accuracies(
 
 def test_fewer_episodes_per_step_than_processes_is_refused(tmp_path: Path) -> None:
     recipe = load_recipe(make_recipe(tmp_path), ["train.episodes_per_step=2"])
-    _check_cfg(recipe, 2)
+    check_train_cfg(recipe, "frozen", 2)
     with pytest.raises(TrainError, match="episodes_per_step=2 is less than the 3 processes"):
-        _check_cfg(recipe, 3)
+        check_train_cfg(recipe, "frozen", 3)
 
 
 # ---------------------------------------------------------------- torchrun
@@ -191,7 +192,7 @@ def test_torchrun_train_equals_single_process_and_resumes(
     assert metrics(tmp_path / "stop") == metrics(tmp_path / "full")
 
     # another number of processes: dropout reseeded (said so), the episodes the same
-    with caplog.at_level("WARNING", logger="fsar_cli.train"):
+    with caplog.at_level("WARNING", logger="fsar_cli.train.frozen"):
         result = meta_train(load_recipe(path), tmp_path / "stop_one", resume=True)
     assert result.finished and result.resumed_from == 3
     assert "written by 2 process(es), this run has 1" in caplog.text
@@ -258,7 +259,7 @@ def _cache_recipe(tmp: Path, frames: Path, name: str) -> Path:
 def test_torchrun_cache_equals_single_process_and_completes_a_partial_cache(
     tmp_path: Path,
 ) -> None:
-    from fsar_cli.cache import cache_features
+    from fsar_cli.features.cache import cache_features
 
     tiny, frames = SHARED / "fixtures" / "ssv2_tiny", tmp_path / "frames"
     (tmp_path / "splits").mkdir()

@@ -12,10 +12,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsar_cli.cli import app
+from fsar_cli.cli.app import app
 from fsar_cli.episodes import EpisodeBatch, EpisodeSampler
 from fsar_cli.errors import CacheError, CheckpointError, EpisodeError
-from fsar_cli.evaluate import (
+from fsar_cli.evaluation.evaluate import (
     EvalResult,
     episode_accuracies,
     episode_logits,
@@ -23,6 +23,7 @@ from fsar_cli.evaluate import (
     loop_episode_accuracies,
     resolve_checkpoint,
 )
+from fsar_cli.features.store import FeatureStore, write_store
 from fsar_cli.models import (
     create_head,
     list_heads,
@@ -30,8 +31,7 @@ from fsar_cli.models import (
     save_head_checkpoint,
 )
 from fsar_cli.recipe import ModelCfg, load_recipe
-from fsar_cli.results import ResultsDB
-from fsar_cli.store import FeatureStore, write_store
+from fsar_cli.results.db import ResultsDB
 from fsar_cli.testing import synthetic_features, synthetic_store
 
 DIM = 32

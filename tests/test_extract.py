@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fsar_cli.cli import app
+from fsar_cli.cli.app import app
 from fsar_cli.data import extract as extract_mod
 from fsar_cli.data.extract import MARKER, extract_frames
 from fsar_cli.data.frames import sample_indices

@@ -15,22 +15,17 @@ import pytest
 import torch
 from clip.model import CLIP
 
-from fsar_cli.cache import cache_features
 from fsar_cli.data.clips import ClipSpec, EpisodeClips, VideoClips, split_sources
-from fsar_cli.encoders.clip import ARCHS, load_encoder
+from fsar_cli.encoders.clip import ARCHS, TOWER_FILE, load_encoder
 from fsar_cli.episodes import EpisodeSampler
 from fsar_cli.errors import TrainError
-from fsar_cli.finetune import (
-    TOWER_FILE,
-    enable_grad_checkpointing,
-    encode_clips,
-    episode_loss,
-    finetune_train,
-)
+from fsar_cli.features.cache import cache_features
+from fsar_cli.features.store import FeatureStore
 from fsar_cli.models import create_head, load_head_checkpoint
 from fsar_cli.recipe import ModelCfg, Recipe, load_recipe
-from fsar_cli.store import FeatureStore
-from fsar_cli.train import TrainResult
+from fsar_cli.train.finetune import finetune_train
+from fsar_cli.train.loop import TrainResult
+from fsar_cli.train.tower import enable_grad_checkpointing, encode_clips, episode_loss
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -268,7 +263,7 @@ def test_two_ranks_train_like_one_process(data: Path, tmp_path: Path) -> None:
     script.write_text(
         "import sys, torch\n"
         "torch.set_num_threads(1)\n"
-        "from fsar_cli.finetune import finetune_train\n"
+        "from fsar_cli.train.finetune import finetune_train\n"
         "from fsar_cli.recipe import load_recipe\n"
         "r = load_recipe(sys.argv[1], ['model.attn_dropout=0.0', 'model.ffn_dropout=0.0'])\n"
         "finetune_train(r, sys.argv[2])\n"

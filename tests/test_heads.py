@@ -350,7 +350,7 @@ def test_create_head_uses_cfg() -> None:
 
 
 def test_heads_cli_lists_every_head() -> None:
-    from fsar_cli.cli import app
+    from fsar_cli.cli.app import app
 
     result = CliRunner().invoke(app, ["heads"])
     assert result.exit_code == 0, result.output

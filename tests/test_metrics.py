@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 
-from fsar_cli.metrics import accuracy, mean_and_ci95
+from fsar_cli.evaluation.metrics import accuracy, mean_and_ci95
 
 
 def test_mean_and_ci95_by_hand() -> None:

@@ -83,7 +83,7 @@ def test_training_is_deterministic() -> None:
 def test_weights_load_with_build_model_and_clip_load(tmp_path) -> None:
     import clip
 
-    from fsar_cli.encoders import load_encoder
+    from fsar_cli.encoders.clip import load_encoder
 
     path = ensure_offline_encoder(tmp_path, cfg=TINY)
     assert path == encoder_path(TINY, tmp_path)
@@ -160,8 +160,8 @@ def test_unreadable_weights_are_an_encoder_error(tmp_path) -> None:
 @pytest.mark.slow
 def test_demo_encoder_learns_position_and_separates_reversed_motions(tmp_path) -> None:
     """The real demo encoder: zero-shot attributes well above chance, and OTAM beats proto."""
+    from fsar_cli.data.preprocess import preprocess_frames
     from fsar_cli.data.synth import render_dataset
-    from fsar_cli.encoders.preprocess import preprocess_frames
     from fsar_cli.models.otam import cos_sim, frame_distances, otam_distance
 
     path = ensure_offline_encoder()  # $FSAR_HOME of the session (conftest): trained once, shared

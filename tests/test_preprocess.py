@@ -20,7 +20,7 @@ from torchvision.transforms import (
 from torchvision.transforms.functional import crop as tv_crop
 
 from fsar_cli.data.frames import read_frames, sample_indices
-from fsar_cli.encoders.preprocess import (
+from fsar_cli.data.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
     ViewSpec,

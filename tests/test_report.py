@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from fsar_cli.cli import app
+from fsar_cli.cli.app import app
 from fsar_cli.errors import FsarError
-from fsar_cli.published import CAVEAT, PUBLISHED, published
-from fsar_cli.report import REPORT_COLUMNS, load_results, markdown_table, write_report
-from fsar_cli.results import ResultsDB
+from fsar_cli.results.db import ResultsDB
+from fsar_cli.results.published import CAVEAT, PUBLISHED, published
+from fsar_cli.results.report import REPORT_COLUMNS, load_results, markdown_table, write_report
 
 EXPECTED_COLUMNS = [
     "eval_id",

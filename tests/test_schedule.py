@@ -7,7 +7,7 @@ import torch
 
 from fsar_cli.models import create_head
 from fsar_cli.recipe import ModelCfg, TrainCfg
-from fsar_cli.schedule import build_optimizer, lr_at, norm_parameter_names, set_lr
+from fsar_cli.train.schedule import build_optimizer, lr_at, norm_parameter_names, set_lr
 
 # S = 10 steps, base 1e-4, warm-up from 1e-5, 50 steps in all
 CFG = TrainCfg(lr=1e-4, warmup_lr=1e-5, lr_step=10, steps=50)

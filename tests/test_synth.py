@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fsar_cli.cli import app
+from fsar_cli.cli.app import app
 from fsar_cli.data.frames import count_frames, decode_video
 from fsar_cli.data.splits import read_split
 from fsar_cli.data.synth import (

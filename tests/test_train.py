@@ -15,13 +15,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fsar_cli.cli import app
+from fsar_cli.cli.app import app
 from fsar_cli.errors import TrainError
 from fsar_cli.models import create_head, load_head_checkpoint
 from fsar_cli.recipe import Recipe, load_recipe
-from fsar_cli.runs import MetricsLog
 from fsar_cli.testing import synthetic_store
-from fsar_cli.train import TEST_LABEL, TrainResult, meta_train
+from fsar_cli.train.frozen import meta_train
+from fsar_cli.train.loop import TEST_LABEL, TrainResult
+from fsar_cli.train.runs import MetricsLog
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -283,8 +284,8 @@ def test_cli_help() -> None:
 
 
 def test_cli_picks_the_trainer_by_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fsar_cli.finetune
-    import fsar_cli.train
+    import fsar_cli.train.finetune
+    import fsar_cli.train.frozen
 
     calls: list[tuple[str, dict]] = []
 
@@ -298,8 +299,8 @@ def test_cli_picks_the_trainer_by_mode(tmp_path: Path, monkeypatch: pytest.Monke
 
         return run
 
-    monkeypatch.setattr(fsar_cli.train, "meta_train", fake("frozen"))
-    monkeypatch.setattr(fsar_cli.finetune, "finetune_train", fake("finetune"))
+    monkeypatch.setattr(fsar_cli.train.frozen, "meta_train", fake("frozen"))
+    monkeypatch.setattr(fsar_cli.train.finetune, "finetune_train", fake("finetune"))
     path = make_recipe(tmp_path)
     args = ["train", str(path), "--out", str(tmp_path / "r"), "--steps", "1", "--device", "cpu"]
     assert runner.invoke(app, args).exit_code == 0
@@ -314,8 +315,8 @@ def test_micro_batches_give_the_gradient_of_the_mean(tmp_path: Path) -> None:
 
     from fsar_cli.episodes import EpisodeSampler
     from fsar_cli.recipe import ModelCfg, TrainCfg
-    from fsar_cli.schedule import build_optimizer
-    from fsar_cli.train import episode_tensors, train_step
+    from fsar_cli.train.frozen_step import episode_tensors, train_step
+    from fsar_cli.train.schedule import build_optimizer
 
     store = synthetic_store(tmp_path / "train", 8, 6, dim=32, split="train")
     batch = EpisodeSampler(store.labels, 5, 1, 5, seed=0).sample(6)

@@ -16,9 +16,10 @@ from pathlib import Path
 from .. import atomic
 from ..errors import DataError, FsarError
 from ..recipe import SPLITS, Recipe
-from .extract import find_video, read_marker
+from .extract import read_marker
 from .frames import count_frames, iter_video_frames, list_frame_files, read_frame_files
-from .splits import SplitEntry, format_path, load_split
+from .sources import locate
+from .splits import SplitEntry, load_split
 
 __all__ = ["ClassCount", "Problem", "CheckResult", "check_dataset", "write_problems"]
 
@@ -135,15 +136,12 @@ def _check_frames(folder: Path, deep: bool) -> str | None:
 
 def _locate(recipe: Recipe, root: Path, entry: SplitEntry, frames: bool) -> tuple[str, str]:
     """(path, "") if the entry's video / frame folder exists, else (expected path, reason)."""
+    loc = locate(recipe, entry, frames=frames, root=root)
+    if loc.path is not None:
+        return str(loc.path), ""
     if frames:
-        folder = root / format_path(recipe.data.frames_layout, entry)
-        return (
-            (str(folder), "") if folder.exists() else (str(folder), "frame folder does not exist")
-        )
-    path, cands = find_video(recipe, root, entry)
-    if path is None:
-        return str(cands[0]), "tried " + ", ".join(str(c) for c in cands)
-    return str(path), ""
+        return str(loc.expected), "frame folder does not exist"
+    return str(loc.expected), "tried " + ", ".join(str(c) for c in loc.tried)
 
 
 def check_dataset(

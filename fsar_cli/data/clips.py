@@ -6,7 +6,7 @@ Each item of :class:`EpisodeClips` is one training episode: the frames of its ``
 frame resized to exactly ``resize x resize``, one random ``crop x crop`` crop shared by the frames
 of a clip. Frames stay uint8 (``[W*(K+Q), T, 3, crop, crop]``, 4x less to move than float32);
 scaling and CLIP's mean/std happen on the accelerator
-(:func:`fsar_cli.encoders.preprocess.normalize`).
+(:func:`fsar_cli.data.preprocess.normalize`).
 
 Kinetics (the reference's ``SUPPORT_QUERY_DIFF``, set in its Kinetics-100 configs only): query clips
 are also flipped horizontally with probability 0.5 and colour-jittered once per clip (brightness,
@@ -23,7 +23,6 @@ workers, and after a resume.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +32,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..encoders.preprocess import crop_frames, crop_offset, resize_frames
 from ..episodes import EpisodeSampler
 from ..errors import DataError, FsarError
 from ..recipe import Recipe
-from .extract import find_video
 from .frames import decode_video, list_frame_files, read_frame_files, sample_indices
-from .splits import SplitEntry, format_path, load_split
+from .preprocess import crop_frames, crop_offset, resize_frames
+from .sources import locate
+from .splits import SplitEntry, load_split
 
 __all__ = [
     "ClipSpec",
@@ -48,7 +47,6 @@ __all__ = [
     "clip_rng",
     "load_clip",
     "augment_query",
-    "locate_source",
     "split_sources",
     "default_query_augment",
     "JITTER",
@@ -82,20 +80,10 @@ def clip_rng(seed: int, episode: int, slot: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(episode), int(slot), 0x636C6970])
 
 
-def locate_source(recipe: Recipe, entry: SplitEntry) -> Path | None:
-    """The frame folder (``features.source: frames``) or video file of a split entry, or None."""
-    d = recipe.data
-    if recipe.features.source == "frames":
-        path = Path(os.path.expanduser(d.frames_root)) / format_path(d.frames_layout, entry)
-        return path if path.is_dir() else None
-    found, _ = find_video(recipe, Path(os.path.expanduser(d.root)), entry)
-    return found if found is not None and found.is_file() else None
-
-
 def split_sources(recipe: Recipe, split: str) -> tuple[list[SplitEntry], list[Path | None]]:
     """Entries of a split and where each one's frames are (None when missing)."""
     entries = load_split(recipe, split)
-    return entries, [locate_source(recipe, e) for e in entries]
+    return entries, [locate(recipe, e).path for e in entries]
 
 
 def _read_sampled(

@@ -30,15 +30,14 @@ from .. import atomic
 from ..errors import DataError
 from ..recipe import SPLITS, Recipe
 from .frames import VIDEO_EXTS, iter_video_frames, sample_indices
-from .splits import SplitEntry, format_path, load_split
+from .sources import locate
+from .splits import format_path, load_split
 
 __all__ = [
     "ExtractSettings",
     "ExtractResult",
     "Failure",
     "extract_frames",
-    "video_candidates",
-    "find_video",
     "read_marker",
     "MARKER",
     "FAILURES_FILE",
@@ -120,23 +119,6 @@ class _Job:
 # --------------------------------------------------------------------------- job lists
 
 
-def video_candidates(recipe: Recipe, root: str | Path, entry: SplitEntry) -> list[Path]:
-    """Where a split entry's video may be: ``root/<data.video_layout>``, once per ``video_exts``."""
-    root = Path(root)
-    layout = recipe.data.video_layout
-    if "{ext}" not in layout:
-        return [root / format_path(layout, entry)]
-    return [root / format_path(layout, entry, ext.lstrip(".")) for ext in recipe.data.video_exts]
-
-
-def find_video(
-    recipe: Recipe, root: str | Path, entry: SplitEntry
-) -> tuple[Path | None, list[Path]]:
-    """The first existing candidate of :func:`video_candidates` (or None) and all candidates."""
-    cands = video_candidates(recipe, root, entry)
-    return next((p for p in cands if p.exists()), None), cands
-
-
 def _safe_rel(rel: str) -> str | None:
     p = PurePosixPath(rel.replace(os.sep, "/"))
     if p.is_absolute() or ".." in p.parts or not p.parts or p.name.startswith("."):
@@ -176,11 +158,12 @@ def _jobs_from_recipe(
     for split in splits:
         for entry in load_split(recipe, split):
             where = f"{split} split line {entry.line_no}"
-            src, cands = find_video(recipe, root, entry)
+            loc = locate(recipe, entry, frames=False, root=root)
+            src = loc.path
             if src is None:
-                tried = ", ".join(str(c) for c in cands)
+                tried = ", ".join(str(c) for c in loc.tried)
                 failures.append(
-                    Failure(str(cands[0]), f"listed ({where}) but missing; tried {tried}")
+                    Failure(str(loc.expected), f"listed ({where}) but missing; tried {tried}")
                 )
                 continue
             rel = _safe_rel(format_path(recipe.data.frames_layout, entry))

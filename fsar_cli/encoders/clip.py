@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.preprocess import normalize
 from ..errors import EncoderError
-from .preprocess import normalize
 
 with warnings.catch_warnings():  # clip imports pkg_resources, which warns on import
     warnings.simplefilter("ignore")
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 RANDOM_LABEL = "RANDOM WEIGHTS — not OpenAI CLIP"
 
 #: The fine-tuned visual tower in a run folder, and the JSON naming its encoder (the names
-#: :mod:`fsar_cli.finetune` writes; a test keeps the two in step).
+#: :mod:`fsar_cli.train.finetune` writes; a test keeps the two in step).
 TOWER_FILE = "tower.pt"
 TOWER_META = "tower.json"
 

@@ -22,7 +22,7 @@ and numbers made with them say nothing about any real benchmark.
 
 The weights are saved the way OpenAI ships its checkpoints (a state dict, linear and conv weights in
 fp16), so ``clip.model.build_model(torch.load(path))``, ``clip.load(path)`` and
-``fsar_cli.encoders.load_encoder(name, weights=path)`` read them. Training is deterministic (fixed
+``encoders.clip.load_encoder(name, weights=path)`` read them. Training is deterministic (fixed
 seeds and thread count) and cached at ``$FSAR_HOME/encoders/offline-demo-<config hash>.pt``
 (default ``~/.cache/fsar``). Bump ``_FORMAT_VERSION`` when the training code or the renderer change.
 """
@@ -48,9 +48,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import atomic
+from ..data.preprocess import preprocess_frames
 from ..data.synth import PALETTE, render_still, sample_params
 from ..errors import EncoderError
-from .preprocess import preprocess_frames
 
 __all__ = [
     "OFFLINE_ENCODER_NAME",

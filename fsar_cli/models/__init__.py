@@ -7,6 +7,7 @@ Importing this package registers every head (``list_heads()``).
 
 from __future__ import annotations
 
+from .base import FewShotHead, group_support
 from .baselines import OTAMHead, ProtoHead, TextHead
 from .checkpoint import (
     ImportResult,
@@ -19,11 +20,9 @@ from .checkpoint import (
 from .clipfsar import CLIPFSARHead
 from .otam import cos_sim, frame_distances, otam_distance
 from .registry import (
-    FewShotHead,
     UnknownHeadError,
     create_head,
     describe_heads,
-    group_support,
     list_heads,
     register_head,
 )

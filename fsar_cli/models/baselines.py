@@ -18,8 +18,9 @@ import torch
 
 from ..errors import EpisodeError, RecipeError
 from ..recipe import ModelCfg
+from .base import FewShotHead
 from .otam import cos_sim, frame_distances, otam_distance
-from .registry import FewShotHead, register_head
+from .registry import register_head
 
 __all__ = ["ProtoHead", "OTAMHead", "TextHead"]
 

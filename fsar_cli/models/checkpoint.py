@@ -23,8 +23,9 @@ import yaml
 
 from .. import atomic
 from ..errors import CheckpointError, FsarError
+from .base import FewShotHead
 from .clipfsar import CLIPFSARHead
-from .registry import FewShotHead, head_spec
+from .registry import head_spec
 
 __all__ = [
     "load_reference_checkpoint",

@@ -18,8 +18,9 @@ from torch import nn
 
 from ..errors import EpisodeError, RecipeError
 from ..recipe import ModelCfg
+from .base import FewShotHead, group_support
 from .otam import cos_sim, frame_distances, otam_distance
-from .registry import FewShotHead, group_support, register_head
+from .registry import register_head
 from .transformer import ResidualAdapter, TemporalTransformer
 
 __all__ = ["CLIPFSARHead"]

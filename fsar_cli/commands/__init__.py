@@ -1,1 +1,0 @@
-"""One module per subcommand family; each defines ``register(app)`` and an ``ORDER`` for --help."""

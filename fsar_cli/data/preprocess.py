@@ -1,0 +1,205 @@
+"""Frames -> CLIP input, exactly as METHOD.md section 1 states, on batches of frames.
+
+The recipe is: resize every frame to exactly ``resize x resize`` (aspect ratio not kept), crop
+``crop x crop`` (centre crop at test time; a random crop in training, the same crop for all frames
+of a clip), scale to [0, 1] and normalise with CLIP's mean and std.
+
+Resizing is bicubic with antialiasing on uint8 tensors (torchvision's ``v2.functional.resize``),
+which reproduces PIL's bicubic filter, the one CLIP's own ``clip.clip._transform`` uses: outputs
+differ by one grey level at under 1% of the values, two at about 1 in 10^5 (max 0.030 in
+normalised units, mean 3e-5; OpenCV's bicubic differs by up to 1.7). It is done per frame or per
+batch with identical results, so frames read from a folder and frames decoded from a video go
+through exactly the same arithmetic.
+
+Layouts: frames from OpenCV are RGB uint8 ``[H, W, 3]``; resized frames are uint8
+``[N, 3, R, R]``; crops uint8 ``[N, 3, C, C]``; model input float32 ``[N, 3, C, C]``.
+
+Views: a video cached with ``V`` views gets, per view, its own temporal sample (one frame per
+segment, :func:`fsar_cli.data.frames.sample_indices`) and its own crop. The random state of a view
+comes from (seed, split, video key, view) alone (:func:`view_rng`), so a cache is the same whatever
+the order, sharding or resumption of the work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .frames import iter_video_frames, list_frame_files, read_frame_files, sample_indices
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "INTERPOLATION",
+    "ViewSpec",
+    "resize_frames",
+    "crop_offset",
+    "crop_frames",
+    "normalize",
+    "preprocess_frames",
+    "view_rng",
+    "plan_views",
+    "load_views",
+]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+INTERPOLATION = "bicubic-antialias (PIL-equivalent, uint8)"
+
+
+def resize_frames(frames: Sequence[np.ndarray] | np.ndarray, size: int) -> torch.Tensor:
+    """Resize RGB uint8 frames ``[H, W, 3]`` to exactly ``size x size``.
+
+    Returns:
+        uint8 [N, 3, size, size].
+    """
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2.functional import resize
+
+    if len(frames) == 0:
+        return torch.empty((0, 3, size, size), dtype=torch.uint8)
+    shapes = {f.shape for f in frames}
+    if len(shapes) > 1:  # frames of different sizes: one at a time (same arithmetic)
+        return torch.cat([resize_frames([f], size) for f in frames])
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(list(frames))))  # [N, H, W, 3]
+    x = x.permute(0, 3, 1, 2)  # [N, 3, H, W], channels-last in memory
+    if x.shape[-2:] == (size, size):
+        return x.contiguous()  # bicubic at the same size is the identity
+    out = resize(x, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return out.contiguous()
+
+
+def crop_offset(
+    resize: int, crop: int, mode: str = "center", rng: np.random.Generator | None = None
+) -> tuple[int, int]:
+    """(top, left) of a ``crop`` square inside a ``resize`` square: centre, or uniformly random."""
+    if crop > resize:
+        raise DataError(f"crop {crop} is larger than resize {resize}; use crop <= resize")
+    if mode == "center":
+        off = int(round((resize - crop) / 2.0))  # torchvision CenterCrop's rounding
+        return off, off
+    if mode == "random":
+        if rng is None:
+            raise DataError("a random crop needs a seeded numpy Generator (rng)")
+        top, left = rng.integers(0, resize - crop + 1, size=2)
+        return int(top), int(left)
+    raise DataError(f"unknown crop mode {mode!r}; use 'center' or 'random'")
+
+
+def crop_frames(frames: torch.Tensor, crop: int, offset: tuple[int, int]) -> torch.Tensor:
+    """Crop ``[N, 3, R, R]`` frames to ``[N, 3, crop, crop]`` at ``offset = (top, left)``."""
+    top, left = offset
+    return frames[:, :, top : top + crop, left : left + crop]
+
+
+def normalize(frames: torch.Tensor, device: str | torch.device | None = None) -> torch.Tensor:
+    """uint8 ``[N, 3, C, C]`` -> float32, scaled to [0, 1] and normalised with CLIP mean/std.
+
+    Computed as ``x * (1 / (255 std)) - mean / std`` in one fused pass (equal to
+    ``(x / 255 - mean) / std`` within 5e-7). With ``device`` the uint8 frames move first (4x less
+    to transfer than float32).
+    """
+    if device is not None:
+        frames = frames.to(device, non_blocking=True)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32, device=frames.device).view(1, 3, 1, 1)
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=frames.device).view(1, 3, 1, 1)
+    out = torch.empty(frames.shape, dtype=torch.float32, device=frames.device)
+    out.copy_(frames)
+    return out.mul_(1.0 / (255.0 * std)).sub_(mean / std)
+
+
+def preprocess_frames(
+    frames: Sequence[np.ndarray] | np.ndarray,
+    resize: int = 256,
+    crop: int = 224,
+    offset: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """The whole METHOD.md pipeline for frames of one clip: resize, crop, scale, normalise.
+
+    Args:
+        frames: RGB uint8 frames ``[H, W, 3]``.
+        offset: (top, left) of the crop; None = centre crop.
+
+    Returns:
+        float32 [N, 3, crop, crop], ready for CLIP's image encoder.
+    """
+    if offset is None:
+        offset = crop_offset(resize, crop, "center")
+    return normalize(crop_frames(resize_frames(frames, resize), crop, offset))
+
+
+# --------------------------------------------------------------------------- views of a video
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """How one video of a split becomes ``views`` model-ready clips of ``num_frames`` frames."""
+
+    split: str
+    num_frames: int = 8
+    views: int = 1
+    sampling: str = "center"  # temporal: center | random
+    crop_mode: str = "center"  # spatial: center | random
+    resize: int = 256
+    crop: int = 224
+    seed: int = 0
+
+
+def view_rng(seed: int, split: str, key: str, view: int) -> np.random.Generator:
+    """The random state of one view, a pure function of (seed, split, video key, view)."""
+    digest = hashlib.sha256(f"{split}\0{key}\0{view}".encode()).digest()
+    words = np.frombuffer(digest[:16], dtype="<u4").tolist()
+    return np.random.default_rng(np.random.SeedSequence([int(seed), *words]))
+
+
+def plan_views(
+    n_available: int, key: str, spec: ViewSpec
+) -> list[tuple[np.ndarray, tuple[int, int]]]:
+    """Frame indices and crop offset of every view: ``[(int64 [T], (top, left)), ...]``."""
+    plan = []
+    for v in range(spec.views):
+        rng = view_rng(spec.seed, spec.split, key, v)  # temporal draw first, then the crop
+        idx = sample_indices(n_available, spec.num_frames, spec.sampling, rng)
+        plan.append((idx, crop_offset(spec.resize, spec.crop, spec.crop_mode, rng)))
+    return plan
+
+
+def load_views(source: str | Path, key: str, spec: ViewSpec) -> tuple[torch.Tensor, int]:
+    """Read, sample, resize and crop all views of one video (a frame folder or a video file).
+
+    A video file is decoded once, front to back, and each frame is resized as it arrives, so the
+    memory held is ``frames x 3 x resize^2`` bytes, never the full-resolution video.
+
+    Returns:
+        (uint8 [V, T, 3, crop, crop], frames available in the source).
+
+    Raises:
+        DataError: the source is missing, holds no frames, or a frame does not decode.
+    """
+    source = Path(source)
+    if source.is_dir():
+        files = list_frame_files(source)
+        n = len(files)
+        plan = plan_views(n, key, spec)
+        wanted = sorted({int(i) for idx, _ in plan for i in idx})
+        resized = resize_frames(read_frame_files([files[i] for i in wanted]), spec.resize)
+        row_of = {f: r for r, f in enumerate(wanted)}
+    else:
+        resized_list = [resize_frames([f], spec.resize) for f in iter_video_frames(source)]
+        n = len(resized_list)
+        if n == 0:
+            raise DataError(f"{source}: no frame decodes (truncated or corrupt video)")
+        plan = plan_views(n, key, spec)
+        resized = torch.cat(resized_list)  # [n, 3, R, R]
+        row_of = {f: f for f in range(n)}
+    views = []
+    for idx, offset in plan:
+        rows = torch.as_tensor([row_of[int(i)] for i in idx], dtype=torch.long)
+        views.append(crop_frames(resized[rows], spec.crop, offset))  # [T, 3, C, C]
+    return torch.stack(views).contiguous(), n  # [V, T, 3, C, C]

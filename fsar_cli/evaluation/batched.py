@@ -1,0 +1,430 @@
+"""The fast evaluator: per-video precompute, batched matching, rank-sharded accuracies.
+
+The hot spot of evaluation (METHOD.md §6) is :func:`episode_accuracies`. Everything that does not
+depend on the episode is done once per video: the query encoding (Transformer on the T frame
+tokens) and, for 1-shot or merge-after heads, the support encoding with the video's own class text
+(in an episode a support video's text token is always the text of its own class, so this is
+exact). Per episode only the merge-before prototypes (K > 1) and the matching (cosine +
+bidirectional OTAM) remain, batched over blocks of episodes. Per-video work runs in fixed-size
+groups of sorted videos and matching in blocks of a fixed maximum size, so the arithmetic does not
+depend on the ``chunk`` argument.
+
+Under ``torchrun`` (:func:`sharded_accuracies`) each rank samples and matches a contiguous range of
+episode indices made of whole matching blocks, and encodes its videos in the groups the single
+process would use (the union of all ranks' videos, sorted, in fixed-size groups); the per-episode
+accuracies are gathered in episode order. Every block and group thus sees the inputs it sees in a
+single process, so the result is identical, episode by episode, for any number of ranks.
+
+:func:`loop_episode_accuracies` is the straightforward one-episode-at-a-time evaluator the fast
+path is tested and benchmarked against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import distributed
+from ..episodes import EpisodeBatch
+from ..errors import CacheError, EpisodeError, FsarError
+from .metrics import accuracy
+
+__all__ = [
+    "EpisodeVideos",
+    "episode_accuracies",
+    "episode_videos",
+    "rank_range",
+    "sharded_accuracies",
+    "episode_logits",
+    "loop_episode_accuracies",
+]
+
+_GROUP = 256  # sequences per encoder call: fixed, so an encoding never depends on the batch
+_MATCH_BLOCK = 64  # episodes per match call at most: small blocks stay in cache (~25% faster)
+ProgressFn = Callable[..., None]
+
+
+# --------------------------------------------------------------------------- the fast path
+
+
+def _has_decomposition(head: torch.nn.Module) -> bool:
+    return all(callable(getattr(head, n, None)) for n in ("encode_query", "prototypes", "match"))
+
+
+def _per_video_support(head: torch.nn.Module, k_shot: int) -> bool:
+    """Whether prototypes are the mean of per-video ``encode_support`` outputs (1-shot or
+    merge-after) and the head implements ``encode_support`` itself (the text head, for one,
+    builds its prototypes from text alone and keeps the base class's identity)."""
+    from ..models.base import FewShotHead
+
+    if k_shot > 1 and bool(getattr(head, "merge_before", False)):
+        return False
+    return getattr(type(head), "encode_support", None) is not FewShotHead.encode_support
+
+
+def _check_text(head: torch.nn.Module, text: np.ndarray, classes: np.ndarray) -> None:
+    if not getattr(head, "uses_text", False):
+        return
+    used = np.unique(classes)
+    bad = used[np.isnan(np.asarray(text)[used]).any(axis=1)]
+    if len(bad):
+        raise CacheError(
+            f"head {getattr(head, 'name', '?')!r} needs class text but classes {bad[:5].tolist()} "
+            "have no text feature (unknown class name in the recipe); add the names under "
+            "data.classes and re-run `fsar cache`, or evaluate a head without text"
+        )
+
+
+def _encode_videos(
+    fn: Callable[[torch.Tensor, np.ndarray], torch.Tensor],
+    features: np.ndarray,
+    ids: np.ndarray,
+    device: str,
+    need: np.ndarray | None = None,
+) -> torch.Tensor:
+    """Run ``fn`` over videos ``ids`` (flat row * V + view, sorted) in fixed groups -> [U, T, D].
+
+    With ``need`` (bool [U]) groups holding no needed video are skipped (their rows are left
+    unset): the groups that run are exactly the ones a call without ``need`` would run.
+    """
+    V = features.shape[1]
+    out: torch.Tensor | None = None
+    for a in range(0, len(ids), _GROUP):
+        if need is not None and not need[a : a + _GROUP].any():
+            continue
+        part = ids[a : a + _GROUP]
+        x = np.asarray(features[part // V, part % V], dtype=np.float32)  # (G, T, D)
+        enc = fn(torch.from_numpy(x).to(device), part)  # (G, T, D)
+        if out is None:
+            out = enc.new_empty((len(ids), *enc.shape[1:]))  # (U, T, D)
+        out[a : a + len(part)] = enc
+    if out is None:
+        raise EpisodeError("no videos to encode: the episode batch is empty")
+    return out
+
+
+@dataclass(frozen=True)
+class EpisodeVideos:
+    """The videos the per-video stage encodes, as flat ids ``row * V + view`` (sorted, unique).
+
+    In a single process these are the videos of the batch evaluated; a rank of a distributed
+    evaluation gets the union over all ranks, so its encoder groups are the single process's.
+    """
+
+    query_ids: np.ndarray  # int64 [Uq]
+    support_ids: np.ndarray  # int64 [Us]
+    support_classes: np.ndarray  # int64 [Us], global class of each support video
+
+    @staticmethod
+    def empty() -> EpisodeVideos:
+        z = np.zeros(0, np.int64)
+        return EpisodeVideos(z, z, z)
+
+    @staticmethod
+    def union(parts: list[EpisodeVideos]) -> EpisodeVideos:
+        """All videos of ``parts``; a support's class is the one of its first part (rank order)."""
+        q = np.unique(np.concatenate([p.query_ids for p in parts]))
+        s_all = np.concatenate([p.support_ids for p in parts])
+        c_all = np.concatenate([p.support_classes for p in parts])
+        s, first = np.unique(s_all, return_index=True)
+        return EpisodeVideos(q, s, c_all[first])
+
+
+def episode_videos(batch: EpisodeBatch, num_views: int) -> EpisodeVideos:
+    """The query and support videos of ``batch`` (flat ids over ``num_views`` views per video)."""
+    V, K = int(num_views), batch.k_shot
+    q_ids = np.unique(batch.query_rows * V + batch.query_views)
+    s_flat = batch.support_rows * V + batch.support_views  # (E, W*K)
+    s_ids, first = np.unique(s_flat, return_index=True)
+    s_cls = np.repeat(batch.classes, K, axis=1).reshape(-1)[first]  # (Us,) class of each slot
+    return EpisodeVideos(q_ids, s_ids, s_cls.astype(np.int64))
+
+
+def _positions(ids: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """Index of every element of ``flat`` in the sorted ``ids`` (all must be present)."""
+    pos = np.searchsorted(ids, flat)
+    if pos.size and (pos.max() >= len(ids) or not np.array_equal(ids[pos], flat)):
+        raise EpisodeError("internal: an episode uses a video outside the encoded set")
+    return pos
+
+
+def _take(enc: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """``enc[rows]`` for an index array ``rows`` [e, n]: [U, T, D] -> [e, n, T, D]."""
+    idx = torch.from_numpy(np.ascontiguousarray(rows).reshape(-1)).to(enc.device)
+    return torch.index_select(enc, 0, idx).reshape(*rows.shape, *enc.shape[1:])
+
+
+def _fast_logits(
+    head: torch.nn.Module,
+    features: np.ndarray,
+    text: torch.Tensor,
+    batch: EpisodeBatch,
+    device: str,
+    chunk: int,
+    videos: EpisodeVideos | None = None,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yields ``(a, b, logits [b - a, W*Q, W])`` for consecutive blocks of episodes.
+
+    ``videos``: the encoder's video set (default: the batch's own); must contain the batch's.
+    """
+    E, W, K = len(batch), batch.n_way, batch.k_shot
+    V = features.shape[1]
+    uses_text = bool(getattr(head, "uses_text", False))
+    per_video = _per_video_support(head, K)
+    videos = videos if videos is not None else episode_videos(batch, V)
+
+    # Queries: every distinct (video, view) encoded once. (E, W*Q) -> positions in query_ids
+    q_ids = videos.query_ids
+    q_inv = _positions(q_ids, batch.query_rows * V + batch.query_views)
+    q_need = np.zeros(len(q_ids), bool)
+    q_need[q_inv.reshape(-1)] = True
+    q_enc = _encode_videos(lambda x, _ids: head.encode_query(x), features, q_ids, device, q_need)
+
+    s_enc = s_inv = None
+    if per_video:
+        # Supports with their own class text; the class of a slot is its episode class.
+        s_ids = videos.support_ids
+        s_inv = _positions(s_ids, batch.support_rows * V + batch.support_views)  # (E, W*K)
+        s_need = np.zeros(len(s_ids), bool)
+        s_need[s_inv.reshape(-1)] = True
+        cls_of = dict(zip(s_ids.tolist(), videos.support_classes.tolist(), strict=True))
+
+        def enc_support(x: torch.Tensor, ids: np.ndarray) -> torch.Tensor:
+            t = text[torch.as_tensor([cls_of[i] for i in ids.tolist()])] if uses_text else None
+            return head.encode_support(x, t)
+
+        s_enc = _encode_videos(enc_support, features, s_ids, device, s_need)
+
+    for a in range(0, E, chunk):
+        b = min(a + chunk, E)
+        qe = _take(q_enc, q_inv[a:b])  # (e, W*Q, T, D)
+        if not per_video:
+            protos = _prototypes(head, features, text, batch.slice(a, b), device)  # (e, W, T, D)
+        else:
+            se = _take(s_enc, s_inv[a:b])  # (e, W*K, T, D)
+            protos = se.reshape(b - a, W, K, *se.shape[-2:])  # (e, W, K, T, D)
+            protos = protos[:, :, 0] if K == 1 else protos.mean(dim=2)  # (e, W, T, D)
+        yield a, b, head.match(qe, protos)  # (e, W*Q, W)
+
+
+def _prototypes(
+    head: torch.nn.Module,
+    features: np.ndarray,
+    text: torch.Tensor,
+    batch: EpisodeBatch,
+    device: str,
+) -> torch.Tensor:
+    """``head.prototypes`` of a chunk of episodes (merge-before, text-only), in fixed groups.
+
+    Returns [e, W, T, D].
+    """
+    uses_text = bool(getattr(head, "uses_text", False))
+    W, K = batch.n_way, batch.k_shot
+    step = max(1, _GROUP // W)
+    out = []
+    for a in range(0, len(batch), step):
+        part = batch.slice(a, min(a + step, len(batch)))
+        s, _ = part.gather(features)  # (g, W*K, T, D)
+        s = (
+            torch.from_numpy(s).to(device).reshape(len(part), W, K, *s.shape[-2:])
+        )  # (g, W, K, T, D)
+        t = text[torch.from_numpy(part.classes)] if uses_text else None  # (g, W, D)
+        out.append(head.prototypes(s, t))
+    return torch.cat(out)
+
+
+@contextmanager
+def _evaluating(head: torch.nn.Module) -> Iterator[None]:
+    """Eval mode under ``torch.inference_mode``; the head's train/eval mode is restored after."""
+    was_training = head.training
+    head.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        head.train(was_training)
+
+
+def episode_accuracies(
+    head: torch.nn.Module,
+    features: np.ndarray,
+    text: np.ndarray,
+    batch: EpisodeBatch,
+    *,
+    device: str = "cpu",
+    chunk: int = 500,
+    on_progress: ProgressFn | None = None,
+    videos: EpisodeVideos | None = None,
+) -> np.ndarray:
+    """Accuracy of every episode of ``batch`` (the fast evaluator).
+
+    The head is evaluated in eval mode under ``torch.inference_mode`` (its train/eval mode is
+    restored afterwards). Gives the same per-episode accuracies as :func:`loop_episode_accuracies`.
+
+    Args:
+        head: a head from :func:`fsar_cli.models.create_head` (on ``device``).
+        features: a store's [videos, V, T, D] array (memmap; float16 is fine).
+        text: the store's [C, D] class text table (row = class id).
+        batch: the episodes (store rows).
+        chunk: at most this many episodes are matched per step (bounds memory; results do not
+            depend on it).
+        on_progress: called with the number of episodes finished after each chunk.
+        videos: the per-video stage's video set, a superset of the batch's (default: the
+            batch's); a rank of a distributed evaluation passes the union over all ranks.
+    Returns:
+        float64 [E], fraction of correct queries per episode.
+    """
+    if not _has_decomposition(head):
+        raise TypeError(
+            f"{type(head).__name__} lacks encode_query/prototypes/match (subclass FewShotHead)"
+        )
+    _check_text(head, text, batch.classes)
+    with _evaluating(head):
+        t = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32)).to(device)
+        step = max(1, min(int(chunk), _MATCH_BLOCK))
+        labels = batch.query_labels
+        accs = np.empty(len(batch), dtype=np.float64)
+        for a, b, logits in _fast_logits(head, features, t, batch, device, step, videos):
+            accs[a:b] = accuracy(logits.float().cpu().numpy(), labels[a:b])
+            if on_progress is not None:
+                on_progress(b - a)
+        return accs
+
+
+# --------------------------------------------------------------------------- across ranks
+
+
+def rank_range(n_episodes: int, chunk: int, d: distributed.Dist) -> tuple[int, int]:
+    """This rank's contiguous episodes ``[a, b)`` of ``n_episodes``, in whole matching blocks.
+
+    Blocks are those of a single process evaluating with ``chunk`` (``min(chunk, 64)`` episodes
+    from episode 0), so each rank's blocks are the single process's. A rank may get none.
+    """
+    step = max(1, min(int(chunk), _MATCH_BLOCK))
+    lo, hi = d.split(-(-int(n_episodes) // step))  # in blocks
+    return min(lo * step, n_episodes), min(hi * step, n_episodes)
+
+
+def sharded_accuracies(
+    head: torch.nn.Module,
+    features: np.ndarray,
+    text: np.ndarray,
+    episodes: Callable[[int, int], EpisodeBatch],
+    n_episodes: int,
+    d: distributed.Dist,
+    *,
+    device: str = "cpu",
+    chunk: int = 500,
+    on_progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """:func:`episode_accuracies` of episodes ``0 .. n_episodes-1`` split across the ranks of ``d``.
+
+    Each rank builds only its range (:func:`rank_range`) with ``episodes(a, b)``, encodes its
+    videos in the single process's groups and matches its blocks; every rank gets all
+    accuracies, in episode order, identical to a single process's. Collective: every rank calls
+    it; an error on any rank is raised on all of them. In a single process it is
+    ``episode_accuracies(head, features, text, episodes(0, n_episodes))``.
+
+    Args:
+        episodes: ``episodes(a, b)`` -> the batch of episodes ``a .. b-1`` (e.g.
+            ``lambda a, b: sampler.sample(b - a, start=a)``).
+        on_progress: advanced by this rank's finished episodes.
+    Returns:
+        float64 [n_episodes].
+    """
+    V = features.shape[1]
+    a, b = rank_range(n_episodes, chunk, d)
+    batch: EpisodeBatch | None = None
+    mine, error = EpisodeVideos.empty(), None
+    try:
+        if b > a:
+            batch = episodes(a, b)
+            _check_text(head, text, batch.classes)
+            mine = episode_videos(batch, V)
+    except FsarError as exc:
+        error = exc
+    parts = d.all_gather_object((mine, error))
+    _raise_first([e for _, e in parts])
+    videos = EpisodeVideos.union([v for v, _ in parts]) if d.enabled else None
+    accs, error = np.zeros(0, np.float64), None
+    try:
+        if batch is not None:
+            accs = episode_accuracies(
+                head,
+                features,
+                text,
+                batch,
+                device=device,
+                chunk=chunk,
+                on_progress=on_progress,
+                videos=videos,
+            )
+    except FsarError as exc:
+        error = exc
+    gathered = d.all_gather_object((accs, error))
+    _raise_first([e for _, e in gathered])
+    out = np.concatenate([x for x, _ in gathered])  # rank order = episode order
+    if len(out) != n_episodes:
+        raise EpisodeError(f"internal: gathered {len(out)} accuracies for {n_episodes} episodes")
+    return out
+
+
+def _raise_first(errors: list[FsarError | None]) -> None:
+    for err in errors:
+        if err is not None:
+            raise err
+
+
+# --------------------------------------------------------------------------- logits, reference loop
+
+
+def episode_logits(
+    head: torch.nn.Module,
+    features: np.ndarray,
+    text: np.ndarray,
+    batch: EpisodeBatch,
+    *,
+    device: str = "cpu",
+    chunk: int = 500,
+) -> np.ndarray:
+    """The fast evaluator's logits (as :func:`episode_accuracies`, before the arg-max).
+
+    Returns:
+        float32 [E, W*Q, W]; column j is episode class j (``batch.classes[:, j]``).
+    """
+    _check_text(head, text, batch.classes)
+    with _evaluating(head):
+        t = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32)).to(device)
+        step = max(1, min(int(chunk), _MATCH_BLOCK))
+        blocks = _fast_logits(head, features, t, batch, device, step)
+        return np.concatenate([lg.float().cpu().numpy() for _, _, lg in blocks])
+
+
+def loop_episode_accuracies(
+    head: torch.nn.Module,
+    features: np.ndarray,
+    text: np.ndarray,
+    batch: EpisodeBatch,
+    *,
+    device: str = "cpu",
+) -> np.ndarray:
+    """The straightforward evaluator: ``head.episode_logits`` on one episode at a time.
+
+    Slow; the reference the fast path is tested and benchmarked against. Returns float64 [E].
+    """
+    accs = np.empty(len(batch), dtype=np.float64)
+    with _evaluating(head):
+        for e in range(len(batch)):
+            s, q = batch.slice(e, e + 1).gather(features)  # (1, W*K, T, D), (1, W*Q, T, D)
+            logits = head.episode_logits(
+                torch.from_numpy(s[0]).to(device),
+                torch.from_numpy(batch.support_labels[e]).to(device),
+                torch.from_numpy(q[0]).to(device),
+                torch.from_numpy(np.asarray(text[batch.classes[e]], np.float32)).to(device),
+            )  # (W*Q, W)
+            accs[e] = accuracy(logits.float().cpu().numpy(), batch.query_labels[e])
+    return accs

@@ -1,0 +1,236 @@
+"""The results database: every evaluation, with its full provenance, in one SQLite file.
+
+Schema (``schema_version`` 1, in table ``meta``)::
+
+    evals(eval_id INTEGER PRIMARY KEY, timestamp TEXT  -- ISO 8601 UTC,
+          recipe, benchmark, dataset, split TEXT, n_way, k_shot, n_query, n_episodes, seed INTEGER,
+          head, encoder TEXT, encoder_random INTEGER (0/1), sampling, checkpoint,
+          episodes_source TEXT, n_missing INTEGER, missing TEXT, overrides TEXT (JSON list),
+          acc_mean, acc_ci95 REAL  -- fractions in [0, 1],
+          fsar_version, git_sha, device TEXT, elapsed_s REAL, store TEXT)
+    episode_accs(eval_id INTEGER PRIMARY KEY REFERENCES evals, n INTEGER,
+                 accs BLOB)  -- n little-endian float64 per-episode accuracies, in episode order
+
+One evaluation is one transaction (both rows or neither), so a crash never leaves half a result.
+The default location is ``$FSAR_RESULTS_DB``, else ``~/.cache/fsar/results.sqlite``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import FsarError
+
+__all__ = ["ResultsDB", "RESULT_FIELDS", "SCHEMA_VERSION", "default_db_path", "git_sha"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+#: Columns of ``evals`` in order, with their SQL types (``eval_id`` and ``timestamp`` are set here).
+RESULT_FIELDS: dict[str, str] = {
+    "eval_id": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    "timestamp": "TEXT NOT NULL",
+    "recipe": "TEXT",
+    "benchmark": "TEXT",
+    "dataset": "TEXT",
+    "split": "TEXT",
+    "n_way": "INTEGER",
+    "k_shot": "INTEGER",
+    "n_query": "INTEGER",
+    "n_episodes": "INTEGER",
+    "seed": "INTEGER",
+    "head": "TEXT",
+    "encoder": "TEXT",
+    "encoder_random": "INTEGER",
+    "sampling": "TEXT",
+    "checkpoint": "TEXT",
+    "episodes_source": "TEXT",
+    "n_missing": "INTEGER",
+    "missing": "TEXT",
+    "overrides": "TEXT",
+    "acc_mean": "REAL NOT NULL",
+    "acc_ci95": "REAL NOT NULL",
+    "fsar_version": "TEXT",
+    "git_sha": "TEXT",
+    "device": "TEXT",
+    "elapsed_s": "REAL",
+    "store": "TEXT",
+}
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS evals ({", ".join(f"{k} {v}" for k, v in RESULT_FIELDS.items())});
+CREATE TABLE IF NOT EXISTS episode_accs (
+    eval_id INTEGER PRIMARY KEY REFERENCES evals(eval_id) ON DELETE CASCADE,
+    n INTEGER NOT NULL,
+    accs BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS evals_by_recipe ON evals (recipe, head, k_shot);
+"""
+
+
+def default_db_path() -> Path:
+    """``$FSAR_RESULTS_DB``, else ``~/.cache/fsar/results.sqlite``."""
+    env = os.environ.get("FSAR_RESULTS_DB")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "fsar" / "results.sqlite"
+
+
+def git_sha() -> str | None:
+    """The commit of the fsar source tree when it is a git checkout, with ``+dirty`` when tracked
+    files differ from it; None otherwise."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+
+    def git(*args: str) -> str:
+        out = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip()
+
+    try:
+        sha = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (sha + "+dirty" if dirty else sha) or None
+
+
+class ResultsDB:
+    """Append-only store of evaluation results.
+
+    Args:
+        path: the SQLite file (created with its folder on first write); None = default location.
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path).expanduser() if path is not None else default_db_path()
+
+    def _connect(self, create: bool) -> sqlite3.Connection:
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif not self.path.is_file():
+            raise FsarError(
+                f"no results database at {str(self.path)!r}; run `fsar eval` or `fsar bench` "
+                "first, or pass --db PATH (default: $FSAR_RESULTS_DB, else "
+                "~/.cache/fsar/results.sqlite)"
+            )
+        try:
+            conn = sqlite3.connect(self.path, timeout=30)
+            conn.execute("PRAGMA foreign_keys = ON")
+            with conn:
+                conn.executescript(_SCHEMA)
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                if row is None:
+                    conn.execute(
+                        "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                    )
+                elif int(row[0]) > SCHEMA_VERSION:
+                    raise FsarError(
+                        f"{self.path}: results schema version {row[0]} is newer than this fsar "
+                        f"understands ({SCHEMA_VERSION}); upgrade fsar or use another --db"
+                    )
+        except sqlite3.DatabaseError as exc:
+            raise FsarError(f"{self.path}: not a usable results database ({exc})") from None
+        return conn
+
+    def add(self, fields: dict[str, Any], accuracies: np.ndarray) -> int:
+        """Append one evaluation (its provenance ``fields`` and per-episode accuracies).
+
+        Unknown keys in ``fields`` are an error; ``timestamp`` defaults to now (UTC).
+        Returns the new ``eval_id``.
+        """
+        unknown = set(fields) - set(RESULT_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown result fields {sorted(unknown)}")
+        row = {k: v for k, v in fields.items() if k != "eval_id"}
+        row.setdefault("timestamp", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        for k, v in row.items():
+            if isinstance(v, (list, tuple, dict)):
+                row[k] = json.dumps(v)
+            elif isinstance(v, (bool, np.bool_)):
+                row[k] = int(v)
+            elif isinstance(v, np.generic):
+                row[k] = v.item()
+        accs = np.ascontiguousarray(accuracies, dtype="<f8")
+        conn = self._connect(create=True)
+        try:
+            with conn:  # one transaction: both rows or neither
+                cur = conn.execute(
+                    f"INSERT INTO evals ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                    list(row.values()),
+                )
+                eval_id = int(cur.lastrowid or 0)
+                conn.execute(
+                    "INSERT INTO episode_accs VALUES (?, ?, ?)",
+                    (eval_id, len(accs), accs.tobytes()),
+                )
+        finally:
+            conn.close()
+        log.debug("recorded eval %d in %s", eval_id, self.path)
+        return eval_id
+
+    def query(
+        self,
+        *,
+        recipe: str | None = None,
+        head: str | None = None,
+        k_shot: int | None = None,
+        since: str | None = None,
+    ) -> pd.DataFrame:
+        """All matching evaluations (without per-episode accuracies), oldest first.
+
+        Args:
+            since: an ISO date or timestamp; keeps rows with ``timestamp >= since`` (UTC).
+        """
+        where, args = [], []
+        for col, val in (("recipe", recipe), ("head", head), ("k_shot", k_shot)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        if since is not None:
+            where.append("timestamp >= ?")
+            args.append(_normalise_since(since))
+        sql = "SELECT * FROM evals" + (f" WHERE {' AND '.join(where)}" if where else "")
+        conn = self._connect(create=False)
+        try:
+            frame = pd.read_sql_query(sql + " ORDER BY eval_id", conn, params=args)
+        finally:
+            conn.close()
+        return frame[list(RESULT_FIELDS)]
+
+    def accuracies(self, eval_id: int) -> np.ndarray:
+        """The per-episode accuracies of one evaluation, float64 [n_episodes]."""
+        conn = self._connect(create=False)
+        try:
+            row = conn.execute(
+                "SELECT n, accs FROM episode_accs WHERE eval_id = ?", (int(eval_id),)
+            ).fetchone()
+        finally:
+            conn.close()
+        if row is None:
+            raise FsarError(f"{self.path}: no evaluation with eval_id {eval_id}")
+        return np.frombuffer(row[1], dtype="<f8", count=int(row[0])).astype(np.float64)
+
+
+def _normalise_since(since: str) -> str:
+    try:
+        when = datetime.fromisoformat(since)
+    except ValueError:
+        raise FsarError(
+            f"--since {since!r} is not a date; use YYYY-MM-DD or an ISO timestamp"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.astimezone(timezone.utc).isoformat(timespec="seconds")

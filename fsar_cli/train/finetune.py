@@ -1,0 +1,228 @@
+"""End-to-end fine-tuning: the CLIP visual tower and the head, trained from frames (train.mode:
+finetune; METHOD.md sections 4, 5 and 7, the paper's setting).
+
+Per optimiser step, ``train.episodes_per_step`` episodes (16, the reference's 4 GPUs x 4
+accumulation steps) are processed one at a time (micro-batches of one episode: frames ->
+visual tower -> head -> ``loss / episodes_per_step`` -> backward), so the gradient of a step is that
+of the mean loss over its episodes while memory holds the activations of one episode only.
+
+- Data (:mod:`fsar_cli.train.finetune_data`): :class:`fsar_cli.data.clips.EpisodeClips` in
+  ``train.workers`` DataLoader processes, frames seeded per (train.seed, episode, slot), so a
+  resumed run, and any worker count, see the same data.
+- Text: the train classes' text features (``features.prompt``) are computed once with the frozen
+  text tower, which never reaches the accelerator.
+- Losses and head: as the frozen mode (``head.batch_episode_loss``: few-shot CE + ``lambda_vt`` x
+  video-text CE against all train classes), except that the frozen-mode adapter is not used
+  (``model.adapter`` is taken as ``none``): here the tower itself is trained, as in the paper.
+- Optimiser and schedule: the frozen trainer's (:func:`.schedule.build_optimizer`, Adam
+  with L2 ``train.weight_decay`` except on normalisation parameters, :func:`lr_at`).
+- Memory (:mod:`.tower`): bf16 autocast on CUDA (fp16 with a gradient scaler where bf16
+  is missing) when ``train.amp``; ``train.grad_checkpointing`` recomputes each residual block of
+  the tower in the backward pass instead of keeping its activations.
+- Validation: every ``train.val_every`` steps the validation videos of ``train.val_episodes``
+  fixed episodes are encoded with the current tower (centre sampling and crop, no augmentation) and
+  evaluated with :func:`fsar_cli.evaluation.batched.episode_accuracies`; the best step is kept.
+
+Under ``torchrun`` the episodes of a step are split across ranks and the gradients averaged
+(:meth:`fsar_cli.distributed.Dist.all_reduce_grads_`, the DistributedDataParallel update; BatchNorm
+statistics are rank 0's); only rank 0 writes files. Dropout streams are the frozen trainer's
+(:mod:`fsar_cli.train.rng`): rank 0 keeps the single-process stream, rank ``r > 0`` one seeded by
+``(train.seed, r)``; a resume with another number of processes reseeds them and warns.
+
+Run folder: as :mod:`.loop` (``last.pt`` also holds ``tower_state``, the optimiser state of
+the tower and the head, and the RNG state of every rank), plus ``tower.pt``, the visual tower of
+``best.pt`` as ``{"visual.<key>": tensor}`` (OpenAI CLIP names), and ``tower.json`` naming its
+architecture: ``fsar cache --encoder <tower.json encoder> --weights <run>/tower.pt`` caches features
+with the fine-tuned tower.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import distributed
+from ..data.clips import ClipSpec, EpisodeClips, default_query_augment
+from ..encoders.clip import TOWER_FILE
+from ..models import save_head_checkpoint
+from ..progress import ProgressFn
+from ..recipe import Recipe
+from .finetune_data import ValEpisodes, episode_source, frame_loader, validate
+from .finetune_step import build_model, finetune_step
+from .loop import TrainResult, check_train_cfg, run_loop, selection_label
+from .runs import RunDir
+from .tower import amp_dtype, save_tower, tower_state_dict
+
+__all__ = ["finetune_train"]
+
+log = logging.getLogger(__name__)
+
+
+def _cpu(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+class FinetuneMode:
+    """End-to-end training: frames -> CLIP visual tower -> head, both trained."""
+
+    name = "finetune"
+
+    def __init__(self, recipe: Recipe, d: distributed.Dist, dev: torch.device) -> None:
+        cfg = recipe.train
+        self.recipe, self.d, self.dev = recipe, d, dev
+        self.amp = amp_dtype(dev, cfg.amp)
+        self.entries, self.sources, self.sampler = episode_source(
+            recipe, "train", cfg.n_way, cfg.n_query, cfg.seed
+        )
+        sel = self.sel_split = "test" if cfg.select_on == "test" else "val"
+        v_entries, v_sources, v_sampler = episode_source(
+            recipe, sel, recipe.eval.n_way, recipe.eval.n_query, cfg.val_seed
+        )
+        v_batch = v_sampler.sample(cfg.val_episodes)
+        v_rows = np.unique(
+            np.concatenate([v_batch.support_rows.ravel(), v_batch.query_rows.ravel()])
+        )
+        self.m = build_model(recipe, dev, self.amp, self.sampler.classes, sel, v_batch.classes)
+        self.head, self.optimizer = self.m.head, self.m.optimizer
+        self.encoder = self.m.encoder.name
+        self.encoder_random = bool(self.m.encoder.is_random)
+        self.val = ValEpisodes(
+            sel,
+            selection_label(sel),
+            v_batch,
+            v_rows,
+            v_sources,
+            v_entries,
+            self.m.val_text,
+            v_sampler.n_missing,
+        )
+        f = recipe.features
+        self.spec = ClipSpec(
+            f.num_frames,
+            f.resize,
+            f.crop,
+            f.sampling.train,
+            "random",
+            default_query_augment(recipe),
+            cfg.seed,
+        )
+        self.stream: Any = None
+        self.has_best = False  # a tower.pt has been written for best.pt
+
+    def begin(self, start: int, stop: int, lo: int, hi: int) -> None:
+        E = int(self.recipe.train.episodes_per_step)
+        episodes = [s * E + j for s in range(start, stop) for j in range(lo, hi)]
+        ds = EpisodeClips(self.sources, self.sampler, episodes, self.spec, self.entries)
+        cfg = self.recipe.train
+        self.stream = iter(frame_loader(ds, cfg.workers, self.dev, cfg.seed))
+
+    def step(self, step: int, lo: int, hi: int) -> dict[str, float]:
+        weight = self.d.world / int(
+            self.recipe.train.episodes_per_step
+        )  # mean over ranks = mean over E
+        return finetune_step(
+            self.m, self.stream, hi - lo, weight, self.recipe, self.dev, self.amp, self.d
+        )
+
+    def validate(self) -> tuple[float, float]:
+        return validate(self.m.visual, self.head, self.val, self.recipe, self.dev, self.amp, self.d)
+
+    def save_best(self, run: RunDir, info: dict[str, Any]) -> None:
+        # tower first: a kill in between leaves best.pt the older one
+        self.has_best = True
+        extra = {**info, "mode": "finetune"}
+        tower_info = {
+            "format": "fsar-tower/1",
+            "encoder": self.encoder,
+            "recipe": self.recipe.name,
+            "weights_sha256": self.m.encoder.weights_sha256,
+            "encoder_random": self.encoder_random,
+        }
+        save_tower(run.path / TOWER_FILE, self.m.visual, {**tower_info, **extra})
+        save_head_checkpoint(
+            run.best, self.head, {**extra, "encoder": self.encoder, "tower": TOWER_FILE}
+        )
+
+    def state(self) -> dict[str, Any]:
+        m = self.m
+        return {
+            "model_state": _cpu(m.head),
+            "tower_state": tower_state_dict(m.visual),
+            "optimizer": m.optimizer.state_dict(),
+            "scaler": m.scaler.state_dict() if m.scaler is not None else None,
+            "encoder": self.encoder,
+        }
+
+    def load_state(self, state: dict[str, Any], run: RunDir, info: dict[str, Any]) -> None:
+        m = self.m
+        self.has_best = info["step"] is not None
+        tower = {k.removeprefix("visual."): v for k, v in state["tower_state"].items()}
+        m.visual.load_state_dict(tower)
+        m.head.load_state_dict(state["model_state"])
+        m.optimizer.load_state_dict(state["optimizer"])
+        if m.scaler is not None and state.get("scaler"):
+            m.scaler.load_state_dict(state["scaler"])
+
+    def summary(self) -> dict[str, Any]:
+        cfg = self.recipe.train
+        return {
+            "weights_sha256": self.m.encoder.weights_sha256,
+            "tower": TOWER_FILE if self.has_best else None,
+            "workers": cfg.workers,
+            "precision": str(self.amp).replace("torch.", "") if self.amp else "fp32",
+            "grad_checkpointing": cfg.grad_checkpointing,
+            "query_augment": self.spec.query_augment,
+            "frame_sampling": self.spec.sampling,
+            "missing_videos": {"train": self.sampler.n_missing, self.sel_split: self.val.n_missing},
+        }
+
+
+def finetune_train(
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    device: str = "cpu",
+    on_progress: ProgressFn | None = None,
+    max_steps: int | None = None,
+    argv: list[str] | None = None,
+) -> TrainResult:
+    """Fine-tune the CLIP visual tower and the recipe's head end to end, from frames.
+
+    Args:
+        recipe: the recipe (``train.mode`` must be ``finetune``); frames come from
+            ``data.frames_root`` + ``data.frames_layout`` or ``data.root`` + ``data.video_layout``
+            (``features.source``), the tower from ``features.encoder`` / ``features.weights``.
+        out_dir: the run folder (new or empty; or an existing run with ``resume``).
+        resume: continue the run in ``out_dir`` from its ``last.pt`` (same recipe required).
+        device: ``cpu``, ``cuda`` or ``cuda:i`` (under torchrun ``cuda`` is the local rank's GPU).
+        on_progress: ``on_progress(n, total=, label=)`` after every optimiser step.
+        max_steps: stop after this many completed steps (the schedule still spans ``train.steps``).
+        argv: command line recorded in ``resolved_recipe.yaml``.
+    Returns:
+        :class:`fsar_cli.train.loop.TrainResult` (also written to ``summary.json``).
+    Raises:
+        TrainError, DataError, EncoderError, CheckpointError: with the file or key to fix.
+    """
+    d = distributed.init(device)
+    check_train_cfg(recipe, "finetune", d.world)
+    dev = d.device(device)
+    run = RunDir(out_dir)
+    d.on_main(lambda: run.check(recipe, resume=resume))
+    mode = FinetuneMode(recipe, d, dev)
+    return run_loop(
+        recipe,
+        run,
+        mode,
+        d,
+        dev,
+        resume=resume,
+        argv=argv,
+        max_steps=max_steps,
+        on_progress=on_progress,
+    )

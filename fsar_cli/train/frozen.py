@@ -1,0 +1,198 @@
+"""Episodic meta-training of a few-shot head on cached features (``fsar train``; METHOD.md 4, 5, 7).
+
+One optimiser step = ``train.episodes_per_step`` episodes (16, the reference's 4 GPUs x 4
+accumulation steps) of ``n_way``-way ``k_shot``-shot ``n_query``-query, all in one batched forward
+(``head.batch_episode_loss``); the loss is their mean, ``CE_fewshot + lambda_vt * CE_videotext``,
+where the video-text loss is taken against the text of all meta-train classes. Episode ``j`` of
+step ``s`` is episode index ``s * episodes_per_step + j`` of the seeded sampler, and the torch RNG
+(dropout) is saved with every checkpoint, so a killed and resumed run ends with exactly the weights
+of an uninterrupted one. Checkpoints are selected on the validation split (never on test, unless
+the recipe says ``train.select_on: test``, the reference's behaviour, labelled as such).
+
+In the frozen mode the tower is not trained; what trains is the head: the temporal Transformer
+and the video-text ``scale`` (the reference head exactly, ``model.adapter: none``, the default).
+``model.adapter: residual`` adds a zero-initialised residual MLP on the cached features through
+which both losses flow; ``benchmarks/adapter_effect.py`` measures the two (README, "heads"): on the
+synthetic benchmark the adapter gains nothing and, with a large ``lambda_vt``, costs accuracy, so
+it is off by default.
+
+Under ``torchrun`` (:mod:`fsar_cli.distributed`) rank ``r`` computes the loss of its contiguous
+share ``Dist.split(episodes_per_step)`` of every step's episodes, weighted so that the gradients
+averaged across ranks (the DistributedDataParallel update) are those of the mean loss over all
+the step's episodes, also when the split is uneven; the global episodes per step stay the
+recipe's. Validation episodes are split across ranks and their accuracies gathered (numbers
+identical to a single process). Only rank 0 writes the run folder. ``last.pt`` holds every rank's
+RNG state; a resume with the same number of processes restores each rank's own, one with another
+number reseeds every rank's dropout from ``(train.seed, step, rank)`` (logged as a warning).
+Ranks other than 0 draw dropout from a stream seeded by ``(train.seed, rank)``; rank 0 keeps the
+single-process stream.
+
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import distributed
+from ..evaluation.batched import sharded_accuracies
+from ..evaluation.metrics import mean_and_ci95
+from ..models import save_head_checkpoint
+from ..progress import ProgressFn
+from ..recipe import Recipe
+from .frozen_setup import TrainSetup, build_setup
+from .frozen_step import episode_tensors, train_step
+from .loop import TrainResult, check_train_cfg, run_loop
+from .runs import RunDir
+from .schedule import build_optimizer
+
+__all__ = ["meta_train"]
+
+log = logging.getLogger(__name__)
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+class FrozenMode:
+    """Training on cached features: the head (and the optional adapter) trains, the tower not."""
+
+    name = "frozen"
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        su: TrainSetup,
+        d: distributed.Dist,
+        dev: torch.device,
+        micro_batch: int | None,
+    ) -> None:
+        self.recipe, self.su, self.d, self.dev, self.micro_batch = recipe, su, d, dev, micro_batch
+        self.head = su.head
+        self.optimizer = build_optimizer(su.head, recipe.train)
+        self.sel_split = su.sel_split
+        self.encoder = str(su.train_store.meta.get("encoder", "?"))
+        self.encoder_random = bool(su.train_store.meta.get("encoder_random", False))
+        self.best_state: dict[str, torch.Tensor] | None = None  # rank 0: weights of best.pt
+
+    def begin(self, start: int, stop: int, lo: int, hi: int) -> None:
+        pass
+
+    def step(self, step: int, lo: int, hi: int) -> dict[str, float]:
+        cfg, su = self.recipe.train, self.su
+        E = int(cfg.episodes_per_step)
+        # episodes step*E+lo .. step*E+hi-1: the same whether or not the run was interrupted,
+        # and however many ranks share them
+        batch = su.sampler.sample(hi - lo, start=step * E + lo)
+        ep = episode_tensors(batch, su.train_store.features, su.text_table, self.dev)
+        return train_step(
+            self.head,
+            self.optimizer,
+            ep,
+            su.text_table,
+            cfg.lambda_vt,
+            micro_batch=self.micro_batch,
+            grad_clip=cfg.grad_clip,
+            dist=self.d,
+            total=E,
+        )
+
+    def validate(self) -> tuple[float, float]:
+        su = self.su
+        accs = sharded_accuracies(
+            self.head,
+            su.val_store.features,
+            su.val_store.text,
+            su.val_batch.slice,
+            len(su.val_batch),
+            self.d,
+            device=str(self.dev),
+        )
+        return mean_and_ci95(accs)
+
+    def save_best(self, run: RunDir, info: dict[str, Any]) -> None:
+        self.best_state = _cpu_state(self.head)
+        save_head_checkpoint(run.best, self.head, info)  # atomic (written aside, renamed)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model_state": _cpu_state(self.head),
+            "optimizer": self.optimizer.state_dict(),
+            "best_state": self.best_state,
+        }
+
+    def load_state(self, state: dict[str, Any], run: RunDir, info: dict[str, Any]) -> None:
+        self.head.load_state_dict(state["model_state"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.best_state = state.get("best_state")
+        if self.best_state is not None and self.d.is_main:  # best.pt consistent with the state
+            current = _cpu_state(self.head)
+            self.head.load_state_dict(self.best_state)
+            try:
+                save_head_checkpoint(run.best, self.head, info)
+            finally:
+                self.head.load_state_dict(current)
+
+    def summary(self) -> dict[str, Any]:
+        su = self.su
+        return {
+            "text_encoder_random": su.train_store.meta.get("text_encoder_random"),
+            "weights_sha256": su.train_store.meta.get("weights_sha256"),
+            "missing_videos": {
+                "train": su.train_store.n_missing,
+                self.sel_split: su.val_store.n_missing,
+            },
+        }
+
+
+def meta_train(
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    device: str = "cpu",
+    on_progress: ProgressFn | None = None,
+    max_steps: int | None = None,
+    argv: list[str] | None = None,
+    micro_batch: int | None = None,
+) -> TrainResult:
+    """Meta-train ``recipe.model.head`` on the recipe's cached train split.
+
+    Args:
+        recipe: the recipe (``train``, ``model``, ``features.cache_dir``, ``eval.n_way/n_query``).
+        out_dir: the run folder (new or empty; or an existing run with ``resume``).
+        resume: continue the run in ``out_dir`` from its ``last.pt`` (same recipe required).
+        device: ``cpu`` or ``cuda[:i]``.
+        on_progress: ``on_progress(n, total=, label=)`` after every optimiser step.
+        max_steps: stop after this many completed steps (the schedule still spans
+            ``train.steps``); continue later with ``resume``.
+        argv: command line recorded in ``resolved_recipe.yaml``.
+        micro_batch: episodes per forward/backward (memory bound only; None = all of a step).
+    Returns:
+        :class:`TrainResult`; files as described in :mod:`.runs` and :mod:`.loop`.
+    Raises:
+        TrainError: bad run folder, changed recipe on resume, untrainable head, unknown class
+            names for a text head, non-finite loss. CacheError / EpisodeError: unusable stores.
+    """
+    d = distributed.init(device)
+    check_train_cfg(recipe, "frozen", d.world)
+    dev = d.device(device)
+    run = RunDir(out_dir)
+    d.on_main(lambda: run.check(recipe, resume=resume))
+    mode = FrozenMode(recipe, build_setup(recipe, dev), d, dev, micro_batch)
+    return run_loop(
+        recipe,
+        run,
+        mode,
+        d,
+        dev,
+        resume=resume,
+        argv=argv,
+        max_steps=max_steps,
+        on_progress=on_progress,
+    )
