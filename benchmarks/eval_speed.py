@@ -4,7 +4,7 @@ Synthetic cached features shaped like Kinetics-100's test split (24 classes x 10
 D = 512), the ``clipfsar`` head at its reference size (random init, eval mode), 10,000 5-way
 1-shot episodes with 1 query per class (the protocol of METHOD.md section 6).
 
-- fsar: episode sampling plus ``fsar_cli.evaluation.evaluate.episode_accuracies`` on all episodes.
+- fsar: episode sampling plus ``fsar_cli.evaluation.batched.episode_accuracies`` on all episodes.
 - naive: per episode, ``head.episode_logits`` (Transformer on the W supports with their text and
   on the W queries, then OTAM), timed on the first ``--naive`` episodes and extrapolated linearly
   to all of them (the output says so). Its tiny per-episode ops run faster on one thread on a busy
@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fsar_cli.episodes import EpisodeSampler  # noqa: E402
-from fsar_cli.evaluation.evaluate import episode_accuracies, loop_episode_accuracies  # noqa: E402
+from fsar_cli.evaluation.batched import episode_accuracies, loop_episode_accuracies  # noqa: E402
 from fsar_cli.models import create_head  # noqa: E402
 from fsar_cli.recipe import ModelCfg  # noqa: E402
 from fsar_cli.testing import synthetic_store  # noqa: E402

@@ -22,13 +22,13 @@ import torch
 from fsar_cli.distributed import Dist
 from fsar_cli.episodes import EpisodeSampler
 from fsar_cli.errors import TrainError
-from fsar_cli.evaluation.evaluate import (
+from fsar_cli.evaluation.batched import (
     EpisodeVideos,
     episode_accuracies,
     episode_videos,
-    evaluate,
     rank_range,
 )
+from fsar_cli.evaluation.evaluate import evaluate
 from fsar_cli.models import create_head, save_head_checkpoint
 from fsar_cli.recipe import ModelCfg, load_recipe
 from fsar_cli.results.db import ResultsDB

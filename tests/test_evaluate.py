@@ -15,14 +15,13 @@ from typer.testing import CliRunner
 from fsar_cli.cli.app import app
 from fsar_cli.episodes import EpisodeBatch, EpisodeSampler
 from fsar_cli.errors import CacheError, CheckpointError, EpisodeError
-from fsar_cli.evaluation.evaluate import (
-    EvalResult,
+from fsar_cli.evaluation.batched import (
     episode_accuracies,
     episode_logits,
-    evaluate,
     loop_episode_accuracies,
-    resolve_checkpoint,
 )
+from fsar_cli.evaluation.evaluate import EvalResult, evaluate
+from fsar_cli.evaluation.heads import resolve_checkpoint
 from fsar_cli.features.store import FeatureStore, write_store
 from fsar_cli.models import (
     create_head,

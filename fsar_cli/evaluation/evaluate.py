@@ -11,142 +11,27 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .. import __version__, distributed
 from ..episodes import EpisodeBatch, EpisodeSampler, load_episodes
 from ..episodes import save_episodes as _save_episodes
-from ..errors import CheckpointError, EpisodeError
+from ..errors import EpisodeError
 from ..features.store import FeatureStore, store_path
+from ..progress import ProgressFn
 from ..recipe import Recipe
 from ..results.db import git_sha
-from .batched import (
-    EpisodeVideos,
-    episode_accuracies,
-    episode_logits,
-    episode_videos,
-    loop_episode_accuracies,
-    rank_range,
-    sharded_accuracies,
-)
+from .batched import rank_range, sharded_accuracies
+from .heads import load_eval_head
 from .metrics import mean_and_ci95
 
-__all__ = [
-    "EvalResult",
-    "EpisodeVideos",
-    "evaluate",
-    "episode_accuracies",
-    "episode_videos",
-    "rank_range",
-    "sharded_accuracies",
-    "episode_logits",
-    "loop_episode_accuracies",
-    "load_eval_head",
-    "resolve_checkpoint",
-]
+__all__ = ["EvalResult", "EpisodePlan", "evaluate", "plan_episodes", "record"]
 
 log = logging.getLogger(__name__)
-
-ProgressFn = Callable[..., None]
-
-
-# --------------------------------------------------------------------------- heads and checkpoints
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run folder's ``best.pt`` (else ``last.pt``)."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (p / name).is_file():
-                return p / name
-        raise CheckpointError(
-            f"run folder {str(p)!r} has no best.pt or last.pt; train first (`fsar train`) or "
-            "pass the checkpoint file itself"
-        )
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {str(p)!r} does not exist (pass a run folder or a file)")
-    return p
-
-
-def load_eval_head(
-    recipe: Recipe,
-    dim: int,
-    *,
-    head_name: str | None = None,
-    checkpoint: str | Path | None = None,
-    device: str = "cpu",
-    trust: bool = False,
-) -> tuple[torch.nn.Module, str | None]:
-    """The head to evaluate: from a checkpoint (fsar's or the reference's) or a baseline.
-
-    Args:
-        dim: the store's feature width D (the head must match it).
-        head_name: the head to build; default the checkpoint's head, else ``recipe.model.head``.
-        checkpoint: a run folder or a checkpoint file; required for trainable heads.
-        trust: allow arbitrary unpickling of a reference checkpoint that needs it.
-    Returns:
-        (head in eval mode on ``device``, the checkpoint file used or None).
-    """
-    from ..models import create_head, load_head_checkpoint, load_reference_checkpoint
-
-    if checkpoint is None:
-        name = head_name or recipe.model.head
-        head = create_head(name, dim, recipe.model)
-        if head.trainable:
-            raise CheckpointError(
-                f"head {name!r} has trained parameters: train it first (`fsar train "
-                f"{recipe.name}`) or pass --checkpoint RUN_OR_FILE; untrained baselines: "
-                "proto, otam, text"
-            )
-        return head.to(device).eval(), None
-    path = resolve_checkpoint(checkpoint)
-    try:
-        head, _extra = load_head_checkpoint(path, trust=trust)
-    except CheckpointError as own:
-        try:
-            head, tower, _info = load_reference_checkpoint(path, trust=trust)
-        except CheckpointError as ref:
-            raise CheckpointError(
-                f"{path}: neither an fsar checkpoint ({own}) nor a reference one ({ref})"
-            ) from None
-        if tower is not None:
-            log.warning(
-                "%s holds fine-tuned visual tower weights; the cached features come from the "
-                "encoder named in the cache, so this evaluates the head on those features",
-                path,
-            )
-    if head_name is not None and head.name != head_name:
-        raise CheckpointError(
-            f"{path} holds a {head.name!r} head, not {head_name!r}; drop --head or pass another "
-            "checkpoint"
-        )
-    if hasattr(head, "merge_before") and head.merge_before != recipe.model.merge_before:
-        # how K > 1 shots are merged is an evaluation choice, not a trained weight: the recipe
-        # (model.merge_before, overridable with --set) decides
-        log.info("merge_before %s -> %s (recipe)", head.merge_before, recipe.model.merge_before)
-        head.merge_before = recipe.model.merge_before
-    ckpt_dim = _head_dim(head)
-    if ckpt_dim is not None and ckpt_dim != dim:
-        raise CheckpointError(
-            f"{path} was trained on {ckpt_dim}-wide features but the cache has width {dim}; "
-            "evaluate with the cache of the encoder it was trained on"
-        )
-    return head.to(device).eval(), str(path)
-
-
-def _head_dim(head: torch.nn.Module) -> int | None:
-    dim = getattr(head, "init_kwargs", {}).get("dim")
-    return int(dim) if dim is not None else None
-
-
-# --------------------------------------------------------------------------- evaluate
 
 
 @dataclass
@@ -207,6 +92,117 @@ def _sampling(store: FeatureStore, recipe: Recipe, split: str) -> str:
     return f"{store.num_frames} frames, {s}"
 
 
+@dataclass
+class EpisodePlan:
+    """Which episodes an evaluation scores: ``n`` of them, fetched by range (``fetch(a, b)``)."""
+
+    n: int
+    shape: tuple[int, int, int]  # (way, shot, query)
+    seed: int | None
+    source: str  # "sampled" or "file PATH"
+    sampler: EpisodeSampler | None
+    whole: EpisodeBatch | None = None  # the full batch, once it is at hand
+
+    def fetch(self, a: int, b: int) -> EpisodeBatch:
+        """Episodes ``a .. b-1``; episode i comes from its own generator, so a rank samples only
+        its range."""
+        if self.whole is not None:
+            return self.whole if (a, b) == (0, len(self.whole)) else self.whole.slice(a, b)
+        assert self.sampler is not None
+        batch = self.sampler.sample(b - a, start=a)
+        if (a, b) == (0, self.n):
+            self.whole = batch
+        return batch
+
+
+def _check_protocol(n_way: int, k_shot: int, n_query: int, episodes: int) -> None:
+    for flag, value, least in (
+        ("--way", n_way, 2),
+        ("--shot", k_shot, 1),
+        ("--query", n_query, 1),
+        ("--episodes", episodes, 1),
+    ):
+        if value < least:
+            why = " (a 1-way episode is always right)" if flag == "--way" else ""
+            raise EpisodeError(f"{flag} {value}: must be at least {least}{why}")
+
+
+def plan_episodes(
+    recipe: Recipe,
+    store: FeatureStore,
+    *,
+    n_way: int | None = None,
+    k_shot: int | None = None,
+    n_query: int | None = None,
+    episodes: int | None = None,
+    seed: int | None = None,
+    allow_missing: bool = False,
+    episodes_file: str | Path | None = None,
+) -> EpisodePlan:
+    """The episodes to score: a saved list (checked against the store and any given counts) or
+    seeded sampling with the given protocol (None = the recipe's ``eval`` value)."""
+    ev = recipe.eval
+    if episodes_file is not None:
+        keys = store.index["key"].astype(str).tolist()
+        whole, info = load_episodes(episodes_file, keys, store.usable)
+        for what, given, have in (
+            ("way", n_way, whole.n_way),
+            ("shot", k_shot, whole.k_shot),
+            ("query", n_query, whole.n_query),
+            ("episodes", episodes, len(whole)),
+        ):
+            if given is not None and given != have:
+                raise EpisodeError(
+                    f"{episodes_file} holds {have} for {what} but {given} was asked; drop the "
+                    "option or pass another episode list"
+                )
+        shape = (whole.n_way, whole.k_shot, whole.n_query)
+        return EpisodePlan(
+            len(whole), shape, info.get("seed"), f"file {episodes_file}", None, whole
+        )
+    way = ev.n_way if n_way is None else n_way
+    shot = ev.shots[0] if k_shot is None else k_shot
+    query = ev.n_query if n_query is None else n_query
+    n = int(ev.episodes if episodes is None else episodes)
+    _check_protocol(way, shot, query, n)
+    seed = ev.seed if seed is None else seed
+    sampler = EpisodeSampler(
+        store.labels,
+        way,
+        shot,
+        query,
+        seed=seed,
+        usable=store.usable,
+        class_names=store.class_names,
+        allow_missing=allow_missing,
+        num_views=store.num_views,
+        sample_views=store.num_views > 1,
+        split=f"{store.path}",
+    )
+    shape = (sampler.n_way, sampler.k_shot, sampler.n_query)
+    return EpisodePlan(n, shape, seed, "sampled", sampler)
+
+
+def record(
+    result: EvalResult,
+    plan: EpisodePlan,
+    store: FeatureStore,
+    *,
+    db: str | Path | None,
+    save_episodes: str | Path | None,
+) -> None:
+    """Write the evaluated episode list and the results-database row (rank 0 only)."""
+    from ..results.db import ResultsDB
+
+    if save_episodes is not None:
+        keys = store.index["key"].astype(str).tolist()
+        info = {"seed": result.seed, "split": result.split, "recipe": result.recipe}
+        _save_episodes(save_episodes, plan.fetch(0, plan.n), keys, {**info, "store": result.store})
+    if db is not None:
+        rdb = ResultsDB(db)
+        result.eval_id, result.db = rdb.add(result.fields(), result.accuracies), str(rdb.path)
+
+
 def evaluate(
     recipe: Recipe,
     *,
@@ -231,7 +227,7 @@ def evaluate(
 
     Args:
         recipe: the benchmark recipe (its ``features.cache_dir`` holds the cached split).
-        head_name, checkpoint: see :func:`load_eval_head`.
+        head_name, checkpoint: see :func:`.heads.load_eval_head`.
         n_way, k_shot, n_query, episodes, seed, split: the protocol; None = the recipe's value
             (``k_shot`` defaults to the first of ``eval.shots``).
         allow_missing: sample only from videos with features when some lack them (reported).
@@ -248,78 +244,37 @@ def evaluate(
         evaluates a contiguous range of the episodes and returns the same, complete result
         (identical to a single process's); only rank 0 writes the database row and the list.
     """
-    from ..results.db import ResultsDB
-
-    ev = recipe.eval
-    split = split or ev.split
+    split = split or recipe.eval.split
     d = distributed.init(device)  # under torchrun: this rank's device, episodes split by rank
     device = str(d.device(device))
     store = FeatureStore.open(store_path(recipe.features.cache_dir, split))
     head, ckpt = load_eval_head(
         recipe, store.dim, head_name=head_name, checkpoint=checkpoint, device=device, trust=trust
     )
-    keys = store.index["key"].astype(str).tolist()
     start = time.perf_counter()
-    whole: EpisodeBatch | None = None  # the full batch, when it is at hand
-    if episodes_file is not None:
-        whole, info = load_episodes(episodes_file, keys, store.usable)
-        for what, given, have in (
-            ("way", n_way, whole.n_way),
-            ("shot", k_shot, whole.k_shot),
-            ("query", n_query, whole.n_query),
-            ("episodes", episodes, len(whole)),
-        ):
-            if given is not None and given != have:
-                raise EpisodeError(
-                    f"{episodes_file} holds {have} for {what} but {given} was asked; drop the "
-                    "option or pass another episode list"
-                )
-        seed, source = info.get("seed"), f"file {episodes_file}"
-        n, sampler = len(whole), None
-        shape = (whole.n_way, whole.k_shot, whole.n_query)
-    else:
-        seed = ev.seed if seed is None else seed
-        sampler = EpisodeSampler(
-            store.labels,
-            n_way or ev.n_way,
-            k_shot or ev.shots[0],
-            n_query or ev.n_query,
-            seed=seed,
-            usable=store.usable,
-            class_names=store.class_names,
-            allow_missing=allow_missing,
-            num_views=store.num_views,
-            sample_views=store.num_views > 1,
-            split=f"{store.path}",
-        )
-        n, source = int(episodes or ev.episodes), "sampled"
-        shape = (sampler.n_way, sampler.k_shot, sampler.n_query)
-        if n < 1:
-            raise EpisodeError(f"asked for {n} episodes; pass --episodes >= 1")
-
-    def fetch(a: int, b: int) -> EpisodeBatch:
-        # episode i is drawn from its own generator: a rank samples only its range
-        nonlocal whole
-        if whole is not None:
-            return whole if (a, b) == (0, len(whole)) else whole.slice(a, b)
-        assert sampler is not None
-        batch = sampler.sample(b - a, start=a)
-        if (a, b) == (0, n):
-            whole = batch
-        return batch
-
+    plan = plan_episodes(
+        recipe,
+        store,
+        n_way=n_way,
+        k_shot=k_shot,
+        n_query=n_query,
+        episodes=episodes,
+        seed=seed,
+        allow_missing=allow_missing,
+        episodes_file=episodes_file,
+    )
     if on_progress is not None:
-        lo, hi = rank_range(n, ev.batch_episodes, d)
+        lo, hi = rank_range(plan.n, recipe.eval.batch_episodes, d)
         on_progress(0, total=hi - lo, label=f"rank 0 of {d.world}" if d.enabled else None)
     accs = sharded_accuracies(
         head,
         store.features,
         store.text,
-        fetch,
-        n,
+        plan.fetch,
+        plan.n,
         d,
         device=device,
-        chunk=ev.batch_episodes,
+        chunk=recipe.eval.batch_episodes,
         on_progress=on_progress,
     )
     result = EvalResult(
@@ -327,17 +282,17 @@ def evaluate(
         benchmark=recipe.data.split_name or recipe.name,
         dataset=recipe.dataset or recipe.name,
         split=split,
-        n_way=shape[0],
-        k_shot=shape[1],
-        n_query=shape[2],
-        n_episodes=n,
-        seed=None if seed is None else int(seed),
+        n_way=plan.shape[0],
+        k_shot=plan.shape[1],
+        n_query=plan.shape[2],
+        n_episodes=plan.n,
+        seed=None if plan.seed is None else int(plan.seed),
         head=str(getattr(head, "name", head_name)),
         encoder=str(store.meta.get("encoder", "unknown")),
         encoder_random=bool(store.meta.get("encoder_random", False)),
         sampling=_sampling(store, recipe, split),
         checkpoint=ckpt,
-        episodes_source=source,
+        episodes_source=plan.source,
         n_missing=store.n_missing,
         missing=store.missing_summary(),
         store=str(store.path),
@@ -346,14 +301,6 @@ def evaluate(
         accuracies=accs,
         overrides=list(overrides),
     )
-    if not d.is_main:  # one result: rank 0 writes the episode list and the database row
-        return result
-    if save_episodes is not None:
-        info = {"seed": result.seed, "split": split, "recipe": recipe.name, "store": result.store}
-        _save_episodes(save_episodes, fetch(0, n), keys, info)
-    if db is not None:
-        rdb = ResultsDB(db)
-        result.eval_id, result.db = rdb.add(result.fields(), accs), str(rdb.path)
     log.debug(
         "%s %d-shot %s: %.2f ± %.2f",
         recipe.name,
@@ -362,4 +309,6 @@ def evaluate(
         100 * result.mean,
         100 * result.ci95,
     )
+    if d.is_main:  # one result: rank 0 writes the episode list and the database row
+        record(result, plan, store, db=db, save_episodes=save_episodes)
     return result
