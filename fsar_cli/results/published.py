@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["PublishedResult", "PUBLISHED", "BENCHMARKS", "CAVEAT", "published", "benchmark_name"]
+__all__ = ["PublishedResult", "PUBLISHED", "BENCHMARKS", "CAVEAT", "published"]
 
 #: Benchmark key (recipe / split name) -> display name, in the order papers print them.
 BENCHMARKS: dict[str, str] = {
@@ -118,8 +118,3 @@ def published(
         and (k_shot is None or p.k_shot == k_shot)
         and p.n_way == n_way
     ]
-
-
-def benchmark_name(key: str) -> str:
-    """Display name of a benchmark key (the key itself when unknown)."""
-    return BENCHMARKS.get(key, key)

@@ -44,7 +44,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from .. import distributed
 from ..data.clips import ClipSpec, EpisodeClips, default_query_augment
@@ -54,17 +53,13 @@ from ..progress import ProgressFn
 from ..recipe import Recipe
 from .finetune_data import ValEpisodes, episode_source, frame_loader, validate
 from .finetune_step import build_model, finetune_step
-from .loop import TrainResult, check_train_cfg, run_loop, selection_label
+from .loop import TrainResult, check_train_cfg, cpu_state, run_loop, selection_label
 from .runs import RunDir
 from .tower import amp_dtype, save_tower, tower_state_dict
 
 __all__ = ["finetune_train"]
 
 log = logging.getLogger(__name__)
-
-
-def _cpu(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 class FinetuneMode:
@@ -151,7 +146,7 @@ class FinetuneMode:
     def state(self) -> dict[str, Any]:
         m = self.m
         return {
-            "model_state": _cpu(m.head),
+            "model_state": cpu_state(m.head),
             "tower_state": tower_state_dict(m.visual),
             "optimizer": m.optimizer.state_dict(),
             "scaler": m.scaler.state_dict() if m.scaler is not None else None,

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from .. import distributed
 from ..evaluation.batched import sharded_accuracies
@@ -46,17 +45,13 @@ from ..progress import ProgressFn
 from ..recipe import Recipe
 from .frozen_setup import TrainSetup, build_setup
 from .frozen_step import episode_tensors, train_step
-from .loop import TrainResult, check_train_cfg, run_loop
+from .loop import TrainResult, check_train_cfg, cpu_state, run_loop
 from .runs import RunDir
 from .schedule import build_optimizer
 
 __all__ = ["meta_train"]
 
 log = logging.getLogger(__name__)
-
-
-def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 class FrozenMode:
@@ -116,12 +111,12 @@ class FrozenMode:
         return mean_and_ci95(accs)
 
     def save_best(self, run: RunDir, info: dict[str, Any]) -> None:
-        self.best_state = _cpu_state(self.head)
+        self.best_state = cpu_state(self.head)
         save_head_checkpoint(run.best, self.head, info)  # atomic (written aside, renamed)
 
     def state(self) -> dict[str, Any]:
         return {
-            "model_state": _cpu_state(self.head),
+            "model_state": cpu_state(self.head),
             "optimizer": self.optimizer.state_dict(),
             "best_state": self.best_state,
         }
@@ -131,7 +126,7 @@ class FrozenMode:
         self.optimizer.load_state_dict(state["optimizer"])
         self.best_state = state.get("best_state")
         if self.best_state is not None and self.d.is_main:  # best.pt consistent with the state
-            current = _cpu_state(self.head)
+            current = cpu_state(self.head)
             self.head.load_state_dict(self.best_state)
             try:
                 save_head_checkpoint(run.best, self.head, info)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from .. import distributed
 from ..errors import TrainError
@@ -36,7 +37,7 @@ from .rng import restore_rng, rng_states, seed_rank_stream
 from .runs import MetricsLog, RunDir
 from .schedule import lr_at, set_lr
 
-__all__ = ["TEST_LABEL", "TrainMode", "TrainResult", "check_train_cfg", "run_loop"]
+__all__ = ["TEST_LABEL", "TrainMode", "TrainResult", "check_train_cfg", "cpu_state", "run_loop"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,11 @@ def check_train_cfg(recipe: Recipe, mode: str, world: int) -> None:
             "of this run; every rank needs at least one episode per step: launch fewer "
             "processes (torchrun --nproc_per_node) or raise train.episodes_per_step"
         )
+
+
+def cpu_state(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """A copy of ``module``'s weights on the CPU (keys prefixed with ``prefix``)."""
+    return {prefix + k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 def selection_label(split: str) -> str:

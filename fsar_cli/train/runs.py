@@ -39,8 +39,6 @@ __all__ = [
     "METRICS_COLUMNS",
     "RUN_FORMAT",
     "STATE_FORMAT",
-    "atomic_torch_save",
-    "atomic_write_text",
     "recipe_differences",
 ]
 
@@ -57,11 +55,6 @@ METRICS_COLUMNS = [
     "val_split",
     "seconds",
 ]
-
-
-# Kept for code that imported them from here; the mechanism lives in :mod:`fsar_cli.atomic`.
-atomic_write_text = atomic.write_text
-atomic_torch_save = atomic.torch_save
 
 
 def recipe_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:

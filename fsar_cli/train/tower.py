@@ -26,6 +26,7 @@ from .. import atomic
 from ..data.preprocess import normalize
 from ..encoders.clip import TOWER_META
 from ..errors import TrainError
+from .loop import cpu_state
 
 __all__ = [
     "enable_grad_checkpointing",
@@ -159,7 +160,7 @@ def episode_loss(
 
 def tower_state_dict(visual: nn.Module) -> dict[str, torch.Tensor]:
     """The tower's weights under OpenAI CLIP names (``visual.<key>``), on the CPU."""
-    return {f"visual.{k}": v.detach().to("cpu", copy=True) for k, v in visual.state_dict().items()}
+    return cpu_state(visual, prefix="visual.")
 
 
 def save_tower(path: str | Path, visual: nn.Module, info: dict[str, Any]) -> Path:
