@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from fsar_cli.cli import app
 from fsar_cli.errors import RecipeError
 from fsar_cli.recipe import (
     dump_recipe,
@@ -110,3 +115,109 @@ def test_resolved_dump_round_trips(tmp_path) -> None:
     again = recipe_from_dict(yaml.safe_load(text))
     assert again == r
     assert dump_recipe(again) == dump_recipe(r)
+
+
+def test_every_recipe_loads_and_round_trips() -> None:
+    for name in list_recipes():
+        r = load_recipe(name)
+        assert recipe_from_dict(yaml.safe_load(dump_recipe(r))) == r, name
+
+
+# (--set override, dotted key the error names, fragment of the allowed range or values)
+OUT_OF_RANGE = [
+    ("train.lr=-1", "train.lr': -1 ", "must be > 0"),
+    ("train.lr=0", "train.lr': 0 ", "must be > 0"),
+    ("train.warmup_lr=-1e-6", "train.warmup_lr': -1e-06 ", "must be >= 0"),
+    ("train.lambda_vt=-0.5", "train.lambda_vt': -0.5 ", "must be >= 0"),
+    ("train.weight_decay=-0.01", "train.weight_decay': -0.01 ", "must be >= 0"),
+    ("train.grad_clip=-1", "train.grad_clip': -1 ", "must be >= 0"),
+    ("train.betas=[0.9, 1.0]", "train.betas[1]': 1.0 ", "must be < 1"),
+    ("model.attn_dropout=1", "model.attn_dropout': 1 ", "must be >= 0 and < 1"),
+    ("model.ffn_dropout=-0.1", "model.ffn_dropout': -0.1 ", "must be >= 0 and < 1"),
+    ("model.otam_lambda=0", "model.otam_lambda': 0 ", "must be > 0"),
+    ("model.num_heads=0", "model.num_heads': 0 ", "must be >= 1"),
+    ("train.steps=0", "train.steps': 0 ", "must be >= 1"),
+    ("train.episodes_per_step=0", "train.episodes_per_step': 0 ", "must be >= 1"),
+    ("train.val_every=0", "train.val_every': 0 ", "must be >= 1"),
+    ("train.val_episodes=0", "train.val_episodes': 0 ", "must be >= 1"),
+    ("train.checkpoint_every=0", "train.checkpoint_every': 0 ", "must be >= 1"),
+    ("train.workers=-1", "train.workers': -1 ", "must be >= 0"),
+    ("features.workers=-1", "features.workers': -1 ", "must be >= 0"),
+    ("train.n_way=1", "train.n_way': 1 ", "must be >= 2"),
+    ("eval.n_way=1", "eval.n_way': 1 ", "must be >= 2"),
+    ("train.k_shot=0", "train.k_shot': 0 ", "must be >= 1"),
+    ("train.n_query=0", "train.n_query': 0 ", "must be >= 1"),
+    ("eval.n_query=0", "eval.n_query': 0 ", "must be >= 1"),
+    ("eval.episodes=0", "eval.episodes': 0 ", "must be >= 1"),
+    ("eval.batch_episodes=0", "eval.batch_episodes': 0 ", "must be >= 1"),
+    ("train.seed=-1", "train.seed': -1 ", "must be >= 0"),
+    ("train.val_seed=-1", "train.val_seed': -1 ", "must be >= 0"),
+    ("eval.seed=-1", "eval.seed': -1 ", "must be >= 0"),
+    ("features.seed=-1", "features.seed': -1 ", "must be >= 0"),
+    ("features.num_frames=0", "features.num_frames': 0 ", "must be >= 1"),
+    ("features.views.train=0", "features.views.train': 0 ", "must be >= 1"),
+    ("features.resize=0", "features.resize': 0 ", "must be >= 1"),
+    ("features.crop=-224", "features.crop': -224 ", "must be >= 1"),
+    ("features.batch_size=0", "features.batch_size': 0 ", "must be >= 1"),
+    ("eval.shots=[]", "eval.shots': ", "at least 1 value"),
+    ("eval.shots=[1, 0]", "eval.shots[1]': 0 ", "must be >= 1"),
+    ("features.sampling.test=centre", "features.sampling.test': 'centre' ", "'random', 'center'"),
+    ("features.prompt=a photo", "features.prompt': 'a photo' ", "'{}'"),
+    ("features.crop=300", "features.crop': 300 ", "features.resize=256; use crop <= resize"),
+    ("train.lr=.nan", "train.lr': ", "expected a finite number, got nan"),
+]
+
+
+@pytest.mark.parametrize(("override", "key", "allowed"), OUT_OF_RANGE)
+def test_out_of_range_named(override: str, key: str, allowed: str) -> None:
+    with pytest.raises(RecipeError) as info:
+        load_recipe("hmdb51", [override])
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"recipe key '{key}" in message and allowed in message, message
+
+
+def test_ranges_accept_their_edges() -> None:
+    edges = ["model.attn_dropout=0", "train.warmup_lr=0", "train.lambda_vt=0", "train.grad_clip=0"]
+    edges += ["train.n_way=2", "features.crop=256", "features.workers=0", "eval.shots=5"]
+    r = load_recipe("hmdb51", edges)
+    assert (r.train.n_way, r.features.crop, r.eval.shots) == (2, 256, (5,))
+
+
+def test_several_problems_reported_on_one_line() -> None:
+    with pytest.raises(RecipeError, match=r"^recipe key .* \(and 2 more problems\)$"):
+        load_recipe("hmdb51", ["train.lr=-1", "train.steps=0", "eval.episodes=0"])
+
+
+def test_empty_or_non_mapping_file(tmp_path) -> None:
+    p = tmp_path / "empty.yaml"
+    p.write_text("# nothing here\n")
+    with pytest.raises(RecipeError, match=re.escape(f"recipe file '{p}' is empty")):
+        load_recipe(p)
+    p.write_text("- train\n- eval\n")
+    with pytest.raises(RecipeError, match="must be a mapping at the top level.*not a list"):
+        load_recipe(p)
+    with pytest.raises(RecipeError, match="unknown recipe key 'source_path'"):
+        recipe_from_dict({"name": "x", "source_path": "elsewhere.yaml"})
+    with pytest.raises(RecipeError, match="missing required key 'name'"):
+        recipe_from_dict({"dataset": "x"})
+
+
+def test_recipes_are_frozen_hashable_and_replace_validates() -> None:
+    r = load_recipe("kinetics100")
+    assert isinstance(r.train.betas, tuple) and isinstance(r.data.classes.train, tuple)
+    assert hash(r) == hash(load_recipe("kinetics100"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.train.lr = 1.0  # type: ignore[misc]
+    moved = r.with_split_dir("/elsewhere")
+    assert moved.data.split_dir == "/elsewhere" and moved.source_path == r.source_path
+    with pytest.raises(ValueError, match="greater than 0"):
+        dataclasses.replace(r.train, lr=-1.0)
+
+
+def test_cli_reports_a_range_error_on_one_line() -> None:
+    result = CliRunner().invoke(app, ["recipes", "show", "synth", "--set", "train.lr=-1"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert "train.lr" in lines[0] and "-1" in lines[0] and "must be > 0" in lines[0]
