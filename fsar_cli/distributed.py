@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -95,7 +95,7 @@ class Dist:
         group = _SIDE_GROUPS.get(timeout)
         if group is None:  # collective: every rank creates it at the same call
             group = _SIDE_GROUPS[timeout] = dist.new_group(backend="gloo", timeout=timeout)
-        dist.barrier(group=group)
+        dist.barrier(group=cast(Any, group))
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order (a one-element list in a single process)."""

@@ -25,7 +25,7 @@ from fsar_cli.errors import CacheError
 from fsar_cli.features.cache import CROP_MODES, cache_features, parse_shard
 from fsar_cli.features.store import FeatureStore
 from fsar_cli.recipe import Recipe, load_recipe
-from fsar_cli.testing import synthetic_store
+from fsar_cli.features.synthetic import synthetic_store
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -31,7 +31,7 @@ from fsar_cli.models import (
 )
 from fsar_cli.recipe import ModelCfg, load_recipe
 from fsar_cli.results.db import ResultsDB
-from fsar_cli.testing import synthetic_features, synthetic_store
+from fsar_cli.features.synthetic import synthetic_features, synthetic_store
 
 DIM = 32
 SMALL = ModelCfg(num_heads=4, ffn_dim=64, adapter="residual", adapter_hidden=16)

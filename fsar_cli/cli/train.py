@@ -99,12 +99,12 @@ def train(
     table.add_row("episodes seen", f"{result.episodes_seen:,}")
     if result.last_loss is not None:
         table.add_row("last loss", f"{result.last_loss:.4f}")
-    if result.final_val_acc is not None:
+    if result.final_val_acc is not None and result.final_val_ci95 is not None:
         table.add_row(
             f"latest {sel} acc",
             f"{100 * result.final_val_acc:.2f} ± {100 * result.final_val_ci95:.2f}",
         )
-    if result.best_val_acc is not None:
+    if result.best_val_acc is not None and result.best_val_ci95 is not None:
         table.add_row(
             f"best {sel} acc",
             f"{100 * result.best_val_acc:.2f} ± {100 * result.best_val_ci95:.2f} "

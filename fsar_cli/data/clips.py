@@ -240,7 +240,7 @@ class VideoClips(Dataset):
     def __init__(
         self,
         sources: Sequence[Path | None],
-        rows: Sequence[int],
+        rows: Sequence[int] | np.ndarray,
         spec: ClipSpec,
         entries: Sequence[SplitEntry] | None = None,
     ) -> None:

@@ -31,6 +31,7 @@ import torch
 from .. import distributed
 from ..episodes import EpisodeBatch
 from ..errors import CacheError, EpisodeError, FsarError
+from ..models.base import FewShotHead
 from .metrics import accuracy
 
 __all__ = [
@@ -51,11 +52,11 @@ ProgressFn = Callable[..., None]
 # --------------------------------------------------------------------------- the fast path
 
 
-def _has_decomposition(head: torch.nn.Module) -> bool:
+def _has_decomposition(head: FewShotHead) -> bool:
     return all(callable(getattr(head, n, None)) for n in ("encode_query", "prototypes", "match"))
 
 
-def _per_video_support(head: torch.nn.Module, k_shot: int) -> bool:
+def _per_video_support(head: FewShotHead, k_shot: int) -> bool:
     """Whether prototypes are the mean of per-video ``encode_support`` outputs (1-shot or
     merge-after) and the head implements ``encode_support`` itself (the text head, for one,
     builds its prototypes from text alone and keeps the base class's identity)."""
@@ -66,7 +67,7 @@ def _per_video_support(head: torch.nn.Module, k_shot: int) -> bool:
     return getattr(type(head), "encode_support", None) is not FewShotHead.encode_support
 
 
-def _check_text(head: torch.nn.Module, text: np.ndarray, classes: np.ndarray) -> None:
+def _check_text(head: FewShotHead, text: np.ndarray, classes: np.ndarray) -> None:
     if not getattr(head, "uses_text", False):
         return
     used = np.unique(classes)
@@ -159,7 +160,7 @@ def _take(enc: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
 
 
 def _fast_logits(
-    head: torch.nn.Module,
+    head: FewShotHead,
     features: np.ndarray,
     text: torch.Tensor,
     batch: EpisodeBatch,
@@ -205,6 +206,7 @@ def _fast_logits(
         if not per_video:
             protos = _prototypes(head, features, text, batch.slice(a, b), device)  # (e, W, T, D)
         else:
+            assert s_enc is not None and s_inv is not None
             se = _take(s_enc, s_inv[a:b])  # (e, W*K, T, D)
             protos = se.reshape(b - a, W, K, *se.shape[-2:])  # (e, W, K, T, D)
             protos = protos[:, :, 0] if K == 1 else protos.mean(dim=2)  # (e, W, T, D)
@@ -212,7 +214,7 @@ def _fast_logits(
 
 
 def _prototypes(
-    head: torch.nn.Module,
+    head: FewShotHead,
     features: np.ndarray,
     text: torch.Tensor,
     batch: EpisodeBatch,
@@ -228,17 +230,16 @@ def _prototypes(
     out = []
     for a in range(0, len(batch), step):
         part = batch.slice(a, min(a + step, len(batch)))
-        s, _ = part.gather(features)  # (g, W*K, T, D)
-        s = (
-            torch.from_numpy(s).to(device).reshape(len(part), W, K, *s.shape[-2:])
-        )  # (g, W, K, T, D)
+        s_np, _ = part.gather(features)  # (g, W*K, T, D)
+        s = torch.from_numpy(s_np).to(device).reshape(len(part), W, K, *s_np.shape[-2:])
+        # s: (g, W, K, T, D)
         t = text[torch.from_numpy(part.classes)] if uses_text else None  # (g, W, D)
         out.append(head.prototypes(s, t))
     return torch.cat(out)
 
 
 @contextmanager
-def _evaluating(head: torch.nn.Module) -> Iterator[None]:
+def _evaluating(head: FewShotHead) -> Iterator[None]:
     """Eval mode under ``torch.inference_mode``; the head's train/eval mode is restored after."""
     was_training = head.training
     head.eval()
@@ -250,7 +251,7 @@ def _evaluating(head: torch.nn.Module) -> Iterator[None]:
 
 
 def episode_accuracies(
-    head: torch.nn.Module,
+    head: FewShotHead,
     features: np.ndarray,
     text: np.ndarray,
     batch: EpisodeBatch,
@@ -310,7 +311,7 @@ def rank_range(n_episodes: int, chunk: int, d: distributed.Dist) -> tuple[int, i
 
 
 def sharded_accuracies(
-    head: torch.nn.Module,
+    head: FewShotHead,
     features: np.ndarray,
     text: np.ndarray,
     episodes: Callable[[int, int], EpisodeBatch],
@@ -383,7 +384,7 @@ def _raise_first(errors: list[FsarError | None]) -> None:
 
 
 def episode_logits(
-    head: torch.nn.Module,
+    head: FewShotHead,
     features: np.ndarray,
     text: np.ndarray,
     batch: EpisodeBatch,
@@ -405,7 +406,7 @@ def episode_logits(
 
 
 def loop_episode_accuracies(
-    head: torch.nn.Module,
+    head: FewShotHead,
     features: np.ndarray,
     text: np.ndarray,
     batch: EpisodeBatch,

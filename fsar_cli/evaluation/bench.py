@@ -8,7 +8,7 @@ cell never loses the rest of the grid. Every evaluated cell is appended to the r
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +62,7 @@ class BenchResult:
 
 
 def _checkpoint_for(
-    name: str, checkpoints: dict[str, str | Path] | None, runs: str | Path | None
+    name: str, checkpoints: Mapping[str, str | Path] | None, runs: str | Path | None
 ) -> Path | None:
     if checkpoints and name in checkpoints:
         return Path(checkpoints[name])
@@ -83,7 +83,7 @@ def run_bench(
     heads: Sequence[str] = DEFAULT_HEADS,
     *,
     runs: str | Path | None = None,
-    checkpoints: dict[str, str | Path] | None = None,
+    checkpoints: Mapping[str, str | Path] | None = None,
     n_way: int | None = None,
     n_query: int | None = None,
     episodes: int | None = None,

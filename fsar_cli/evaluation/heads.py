@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
 from ..errors import CheckpointError
+from ..models.base import FewShotHead
 from ..recipe import Recipe
 
 __all__ = ["load_eval_head", "resolve_checkpoint"]
@@ -44,7 +43,7 @@ def load_eval_head(
     checkpoint: str | Path | None = None,
     device: str = "cpu",
     trust: bool = False,
-) -> tuple[torch.nn.Module, str | None]:
+) -> tuple[FewShotHead, str | None]:
     """The head to evaluate: from a checkpoint (fsar's or the reference's) or a baseline.
 
     Args:
@@ -102,6 +101,6 @@ def load_eval_head(
     return head.to(device).eval(), str(path)
 
 
-def _head_dim(head: torch.nn.Module) -> int | None:
+def _head_dim(head: FewShotHead) -> int | None:
     dim = getattr(head, "init_kwargs", {}).get("dim")
     return int(dim) if dim is not None else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import EpisodeError
@@ -154,6 +155,27 @@ class FewShotHead(nn.Module):
         e, nq, t, d = query.shape
         q = self.encode_query(query.reshape(e * nq, t, d)).reshape(e, nq, t, d)
         return self.match(q, protos)
+
+    def batch_episode_loss(
+        self,
+        support: torch.Tensor,
+        support_labels: torch.Tensor,
+        query: torch.Tensor,
+        query_labels: torch.Tensor,
+        class_text: torch.Tensor | None,
+        video_labels: torch.Tensor | None = None,
+        text_table: torch.Tensor | None = None,
+        lambda_vt: float = 0.0,
+    ) -> dict[str, torch.Tensor]:
+        """Training loss of E episodes: the few-shot cross-entropy (heads with a video-text term,
+        CLIP-FSAR, add it). Arguments as :meth:`CLIPFSARHead.batch_episode_loss`.
+
+        Returns:
+            ``loss``, ``ce_fewshot``, ``ce_videotext`` (scalars) and ``logits`` ``[E, N_q, W]``.
+        """
+        logits = self.batch_episode_logits(support, support_labels, query, class_text)
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), query_labels.reshape(-1).long())
+        return {"loss": ce, "ce_fewshot": ce, "ce_videotext": ce.new_zeros(()), "logits": logits}
 
     def episode_logits(
         self,

@@ -37,7 +37,7 @@ class HeadSpec:
     fixed: dict[str, Any] = field(default_factory=dict)
 
     def build(self, dim: int, **kwargs: Any) -> FewShotHead:
-        return self.cls(dim, **{**kwargs, **self.fixed})
+        return self.cls(dim=dim, **{**kwargs, **self.fixed})
 
 
 _HEADS: dict[str, HeadSpec] = {}

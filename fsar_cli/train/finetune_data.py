@@ -27,6 +27,7 @@ from ..episodes import EpisodeBatch, EpisodeSampler
 from ..errors import DataError, TrainError
 from ..evaluation.batched import episode_accuracies
 from ..evaluation.metrics import mean_and_ci95
+from ..models.base import FewShotHead
 from ..recipe import Recipe
 from .tower import encode_clips
 
@@ -118,7 +119,7 @@ class ValEpisodes:
 
 def validate(
     visual: nn.Module,
-    head: nn.Module,
+    head: FewShotHead,
     val: ValEpisodes,
     recipe: Recipe,
     dev: torch.device,

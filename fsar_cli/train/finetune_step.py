@@ -21,6 +21,7 @@ from torch import nn
 from .. import distributed
 from ..errors import DataError, TrainError
 from ..models import create_head
+from ..models.base import FewShotHead
 from ..recipe import Recipe
 from .finetune_data import check_class_text, class_text
 from .schedule import build_optimizer
@@ -39,7 +40,7 @@ class FinetuneModel:
 
     encoder: Any
     visual: nn.Module
-    head: nn.Module
+    head: FewShotHead
     text_table: torch.Tensor  # [C, D] train classes, on the device (zeros for unnamed)
     val_text: np.ndarray  # [C_val, D], NaN for unnamed
     optimizer: torch.optim.Optimizer

@@ -69,7 +69,7 @@ class FrozenMode:
     ) -> None:
         self.recipe, self.su, self.d, self.dev, self.micro_batch = recipe, su, d, dev, micro_batch
         self.head = su.head
-        self.optimizer = build_optimizer(su.head, recipe.train)
+        self.optimizer: torch.optim.Optimizer = build_optimizer(su.head, recipe.train)
         self.sel_split = su.sel_split
         self.encoder = str(su.train_store.meta.get("encoder", "?"))
         self.encoder_random = bool(su.train_store.meta.get("encoder_random", False))

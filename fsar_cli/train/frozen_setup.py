@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..episodes import EpisodeBatch, EpisodeSampler
 from ..errors import CacheError, TrainError
 from ..features.store import FeatureStore, store_path
 from ..models import create_head
+from ..models.base import FewShotHead
 from ..recipe import Recipe
 
 __all__ = ["TrainSetup", "build_setup"]
@@ -67,7 +67,7 @@ class TrainSetup:
     train_store: FeatureStore
     val_store: FeatureStore
     sel_split: str  # "val" (or "test" with train.select_on: test)
-    head: nn.Module
+    head: FewShotHead
     sampler: EpisodeSampler
     val_batch: EpisodeBatch
     text_table: torch.Tensor  # [C, D] text of all meta-train classes, on the device

@@ -10,13 +10,14 @@ update, weighted for uneven shares) and steps the optimiser.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import reduce
 
 import numpy as np
 import torch
-from torch import nn
 
 from .. import distributed
 from ..episodes import EpisodeBatch
+from ..models.base import FewShotHead
 
 __all__ = ["EpisodeTensors", "episode_tensors", "train_step"]
 
@@ -68,7 +69,7 @@ def episode_tensors(
 
 
 def train_step(
-    head: nn.Module,
+    head: FewShotHead,
     optimizer: torch.optim.Optimizer,
     ep: EpisodeTensors,
     text_table: torch.Tensor,
@@ -124,7 +125,7 @@ def train_step(
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(head.parameters(), float(grad_clip))
     optimizer.step()
-    vals_t = torch.stack([sum(p[k] for p in parts) for k in sums]).float()  # [3]
+    vals_t = torch.stack([reduce(torch.add, [p[k] for p in parts]) for k in sums]).float()  # [3]
     d.all_reduce_mean_([vals_t])
     vals = vals_t.cpu().tolist()  # one host sync for all three numbers
     return dict(zip(sums, vals, strict=True))

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -26,6 +25,7 @@ from .. import atomic
 from ..data.preprocess import normalize
 from ..encoders.clip import TOWER_META
 from ..errors import TrainError
+from ..models.base import FewShotHead
 from .loop import cpu_state
 
 __all__ = [
@@ -67,7 +67,7 @@ def _bn_stats_frozen(module: nn.Module) -> Iterator[None]:
     finally:
         for m, (momentum, tracked) in zip(bns, saved, strict=True):
             m.momentum = momentum
-            if tracked is not None:
+            if tracked is not None and m.num_batches_tracked is not None:
                 m.num_batches_tracked.copy_(tracked)
 
 
@@ -121,7 +121,7 @@ def encode_clips(
 
 def episode_loss(
     visual: nn.Module,
-    head: nn.Module,
+    head: FewShotHead,
     item: dict[str, torch.Tensor],
     text_table: torch.Tensor,
     lambda_vt: float,
@@ -141,21 +141,17 @@ def episode_loss(
     ql = item["query_labels"].to(device)[None]  # [1, W*Q]
     support, query = feats[None, : sl.shape[1]], feats[None, sl.shape[1] :]  # [1, N_s|N_q, T, D]
     class_text = text_table[item["classes"].to(device)][None]  # [1, W, D]
-    if hasattr(head, "batch_episode_loss"):
-        out = head.batch_episode_loss(
-            support,
-            sl,
-            query,
-            ql,
-            class_text,
-            item["video_labels"].to(device)[None],
-            text_table,
-            lambda_vt,
-        )
-        return {k: out[k] for k in ("loss", "ce_fewshot", "ce_videotext")}
-    logits = head.batch_episode_logits(support, sl, query, class_text)  # [1, N_q, W]
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ql.reshape(-1))
-    return {"loss": ce, "ce_fewshot": ce, "ce_videotext": ce.new_zeros(())}
+    out = head.batch_episode_loss(
+        support,
+        sl,
+        query,
+        ql,
+        class_text,
+        item["video_labels"].to(device)[None],
+        text_table,
+        lambda_vt,
+    )
+    return {k: out[k] for k in ("loss", "ce_fewshot", "ce_videotext")}
 
 
 def tower_state_dict(visual: nn.Module) -> dict[str, torch.Tensor]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .features.store import FeatureStore, write_store
+from .store import FeatureStore, write_store
 
 __all__ = ["synthetic_features", "synthetic_store"]
 
