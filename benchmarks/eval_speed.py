@@ -32,9 +32,9 @@ import torch  # noqa: E402
 
 from fsar_cli.episodes import EpisodeSampler  # noqa: E402
 from fsar_cli.evaluation.batched import episode_accuracies, loop_episode_accuracies  # noqa: E402
+from fsar_cli.features.synthetic import synthetic_store  # noqa: E402
 from fsar_cli.models import create_head  # noqa: E402
 from fsar_cli.recipe import ModelCfg  # noqa: E402
-from fsar_cli.features.synthetic import synthetic_store  # noqa: E402
 
 
 def _timed(fn):  # type: ignore[no-untyped-def]

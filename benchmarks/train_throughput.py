@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from fsar_cli.episodes import EpisodeSampler
+from fsar_cli.features.synthetic import synthetic_store
 from fsar_cli.models import create_head
 from fsar_cli.recipe import ModelCfg, TrainCfg
-from fsar_cli.features.synthetic import synthetic_store
 from fsar_cli.train.frozen_step import episode_tensors, train_step
 from fsar_cli.train.schedule import build_optimizer
 

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 from fsar_cli.cli.app import app
 from fsar_cli.errors import RecipeError
 from fsar_cli.evaluation.bench import run_bench
+from fsar_cli.features.synthetic import synthetic_store
 from fsar_cli.models import create_head, save_head_checkpoint
 from fsar_cli.recipe import ModelCfg
 from fsar_cli.results.db import ResultsDB
-from fsar_cli.features.synthetic import synthetic_store
 
 
 def _recipe(tmp_path: Path, name: str, cache: Path, split_name: str = "") -> Path:

@@ -24,8 +24,8 @@ from fsar_cli.encoders.clip import RANDOM_LABEL, Encoder, load_encoder
 from fsar_cli.errors import CacheError
 from fsar_cli.features.cache import CROP_MODES, cache_features, parse_shard
 from fsar_cli.features.store import FeatureStore
-from fsar_cli.recipe import Recipe, load_recipe
 from fsar_cli.features.synthetic import synthetic_store
+from fsar_cli.recipe import Recipe, load_recipe
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -29,10 +29,10 @@ from fsar_cli.evaluation.batched import (
     rank_range,
 )
 from fsar_cli.evaluation.evaluate import evaluate
+from fsar_cli.features.synthetic import synthetic_store
 from fsar_cli.models import create_head, save_head_checkpoint
 from fsar_cli.recipe import ModelCfg, load_recipe
 from fsar_cli.results.db import ResultsDB
-from fsar_cli.features.synthetic import synthetic_store
 from fsar_cli.train.frozen import meta_train
 from fsar_cli.train.loop import check_train_cfg
 from fsar_cli.train.runs import MetricsLog

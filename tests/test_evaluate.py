@@ -23,6 +23,7 @@ from fsar_cli.evaluation.batched import (
 from fsar_cli.evaluation.evaluate import EvalResult, evaluate
 from fsar_cli.evaluation.heads import resolve_checkpoint
 from fsar_cli.features.store import FeatureStore, write_store
+from fsar_cli.features.synthetic import synthetic_features, synthetic_store
 from fsar_cli.models import (
     create_head,
     list_heads,
@@ -31,7 +32,6 @@ from fsar_cli.models import (
 )
 from fsar_cli.recipe import ModelCfg, load_recipe
 from fsar_cli.results.db import ResultsDB
-from fsar_cli.features.synthetic import synthetic_features, synthetic_store
 
 DIM = 32
 SMALL = ModelCfg(num_heads=4, ffn_dim=64, adapter="residual", adapter_hidden=16)

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from fsar_cli.cli.app import app
 from fsar_cli.errors import TrainError
+from fsar_cli.features.synthetic import synthetic_store
 from fsar_cli.models import create_head, load_head_checkpoint
 from fsar_cli.recipe import Recipe, load_recipe
-from fsar_cli.features.synthetic import synthetic_store
 from fsar_cli.train.frozen import meta_train
 from fsar_cli.train.loop import TEST_LABEL, TrainResult
 from fsar_cli.train.runs import MetricsLog
