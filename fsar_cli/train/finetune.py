@@ -53,7 +53,7 @@ from ..progress import ProgressFn
 from ..recipe import Recipe
 from .finetune_data import ValEpisodes, episode_source, frame_loader, validate
 from .finetune_step import build_model, finetune_step
-from .loop import TrainResult, check_train_cfg, cpu_state, run_loop, selection_label
+from .loop import TrainResult, cpu_state, selection_label, train_run
 from .runs import RunDir
 from .tower import amp_dtype, save_tower, tower_state_dict
 
@@ -204,19 +204,13 @@ def finetune_train(
     Raises:
         TrainError, DataError, EncoderError, CheckpointError: with the file or key to fix.
     """
-    d = distributed.init(device)
-    check_train_cfg(recipe, "finetune", d.world)
-    dev = d.device(device)
-    run = RunDir(out_dir)
-    d.on_main(lambda: run.check(recipe, resume=resume))
-    mode = FinetuneMode(recipe, d, dev)
-    return run_loop(
+    return train_run(
         recipe,
-        run,
-        mode,
-        d,
-        dev,
+        out_dir,
+        "finetune",
+        lambda d, dev: FinetuneMode(recipe, d, dev),
         resume=resume,
+        device=device,
         argv=argv,
         max_steps=max_steps,
         on_progress=on_progress,

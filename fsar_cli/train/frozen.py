@@ -45,7 +45,7 @@ from ..progress import ProgressFn
 from ..recipe import Recipe
 from .frozen_setup import TrainSetup, build_setup
 from .frozen_step import episode_tensors, train_step
-from .loop import TrainResult, check_train_cfg, cpu_state, run_loop
+from .loop import TrainResult, cpu_state, train_run
 from .runs import RunDir
 from .schedule import build_optimizer
 
@@ -174,19 +174,13 @@ def meta_train(
         TrainError: bad run folder, changed recipe on resume, untrainable head, unknown class
             names for a text head, non-finite loss. CacheError / EpisodeError: unusable stores.
     """
-    d = distributed.init(device)
-    check_train_cfg(recipe, "frozen", d.world)
-    dev = d.device(device)
-    run = RunDir(out_dir)
-    d.on_main(lambda: run.check(recipe, resume=resume))
-    mode = FrozenMode(recipe, build_setup(recipe, dev), d, dev, micro_batch)
-    return run_loop(
+    return train_run(
         recipe,
-        run,
-        mode,
-        d,
-        dev,
+        out_dir,
+        "frozen",
+        lambda d, dev: FrozenMode(recipe, build_setup(recipe, dev), d, dev, micro_batch),
         resume=resume,
+        device=device,
         argv=argv,
         max_steps=max_steps,
         on_progress=on_progress,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,7 +38,15 @@ from .rng import restore_rng, rng_states, seed_rank_stream
 from .runs import MetricsLog, RunDir
 from .schedule import lr_at, set_lr
 
-__all__ = ["TEST_LABEL", "TrainMode", "TrainResult", "check_train_cfg", "cpu_state", "run_loop"]
+__all__ = [
+    "TEST_LABEL",
+    "TrainMode",
+    "TrainResult",
+    "check_train_cfg",
+    "cpu_state",
+    "run_loop",
+    "train_run",
+]
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +147,37 @@ def cpu_state(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
 
 def selection_label(split: str) -> str:
     return TEST_LABEL if split == "test" else "val"
+
+
+def train_run(
+    recipe: Recipe,
+    out_dir: str | Path,
+    mode_name: str,
+    make_mode: Callable[[distributed.Dist, torch.device], TrainMode],
+    *,
+    resume: bool,
+    device: str,
+    argv: list[str] | None,
+    max_steps: int | None,
+    on_progress: ProgressFn | None,
+) -> TrainResult:
+    """Check the settings, the device and the run folder, build the mode, run the loop."""
+    d = distributed.init(device)
+    check_train_cfg(recipe, mode_name, d.world)
+    dev = d.device(device)
+    run = RunDir(out_dir)
+    d.on_main(lambda: run.check(recipe, resume=resume))
+    return run_loop(
+        recipe,
+        run,
+        make_mode(d, dev),
+        d,
+        dev,
+        resume=resume,
+        argv=argv,
+        max_steps=max_steps,
+        on_progress=on_progress,
+    )
 
 
 def run_loop(
