@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from . import atomic
+from .ownership import claim
 from .recipe import ClassesCfg, Recipe, load_recipe, write_resolved
 
 __all__ = ["DemoRow", "DemoResult", "run_demo", "DEMO_HEADS", "TRAINED_HEADS", "DEMO_COLUMNS"]
@@ -141,9 +142,10 @@ def _train(
     recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, head=head))
     resume = (run_dir / "last.pt").is_file()
     if run_dir.exists() and not resume:  # started but killed before its first checkpoint
-        for child in run_dir.iterdir():
-            if child.is_file():
-                child.unlink()
+        if not (run_dir / "resolved_recipe.yaml").is_file():
+            claim(run_dir, kind="dir", what="demo run folder", way_out="use another demo folder")
+        for name in ("resolved_recipe.yaml", "metrics.csv", "summary.json"):  # fsar's files only
+            (run_dir / name).unlink(missing_ok=True)
     meta_train(recipe, run_dir, resume=resume, device=device, on_progress=on_progress)
     return json.loads(summary.read_text()), False
 
@@ -234,7 +236,13 @@ def run_demo(
         from .encoders.clip import load_encoder
 
         load_encoder(backbone, device=device)
-    out = Path(out)
+    out = claim(
+        out,
+        kind="dir",
+        ours=lambda p: (p / "resolved_recipe.yaml").is_file() or (p / "synth").is_dir(),
+        what="demo folder",
+        way_out="choose another demo folder (a new or empty one)",
+    )
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     stage_s: dict[str, float] = {}

@@ -16,6 +16,7 @@ __all__ = [
     "EpisodeError",
     "CheckpointError",
     "TrainError",
+    "OutputError",
 ]
 
 
@@ -49,3 +50,7 @@ class CheckpointError(FsarError):
 
 class TrainError(FsarError):
     """Training cannot start or resume (bad run folder, incompatible resume)."""
+
+
+class OutputError(FsarError):
+    """An output path holds something fsar did not write (refused), is in use, or is unwritable."""

@@ -27,7 +27,16 @@ LEVELS = {
     "demo": 8,
     "cli": 9,
 }
-FOUNDATION = {"errors", "atomic", "progress", "recipe", "episodes", "distributed"}
+FOUNDATION = {
+    "errors",
+    "atomic",
+    "progress",
+    "recipe",
+    "episodes",
+    "distributed",
+    "ownership",
+    "locks",
+}
 
 
 def _room(module: str) -> str:

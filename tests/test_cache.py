@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_recipe as _recipe
 from typer.testing import CliRunner
 
 from fsar_cli.cli.app import app
@@ -39,50 +40,6 @@ TINY = SHARED / "fixtures" / "ssv2_tiny"
 @pytest.fixture(scope="module")
 def encoder() -> Encoder:
     return load_encoder("random:tiny")
-
-
-def _write_split(folder: Path, split: str, classes: int, per_class: int) -> list[str]:
-    """A reference-format split file listing fixture videos, plus one that does not exist."""
-    lines = []
-    for c in range(classes):
-        ids = sorted(p.name for p in (TINY / split / f"{split}{c}").iterdir())[:per_class]
-        lines += [f"{split}{c}/{v}" for v in ids]
-    lines.insert(3, f"{split}1/424242")  # listed in the split file, no frames: "missing"
-    (folder / f"{split}_few_shot.txt").write_text("\n".join(lines) + "\n")
-    return lines
-
-
-def _recipe(tmp: Path, name: str = "tiny", **features: object) -> Path:
-    splits = tmp / "splits"
-    if not splits.is_dir():
-        splits.mkdir(parents=True)
-        _write_split(splits, "test", 3, 3)
-        _write_split(splits, "train", 2, 3)
-    feats = {
-        "encoder": "random:tiny",
-        "resize": 40,
-        "crop": 32,
-        "chunk_videos": 3,
-        "batch_size": 16,
-        "workers": 2,
-        "cache_dir": str(tmp / f"cache-{name}"),
-        "sampling": {"train": "random", "test": "center"},
-        "views": {"train": 2, "test": 1},
-    }
-    feats.update(features)
-    doc = {
-        "name": name,
-        "data": {
-            "split_dir": str(splits),
-            "frames_root": str(TINY),
-            "frames_layout": "{split}/{class_field}/{video_id}",
-            "classes": {"test": ["pouring", "folding", None], "train": ["a", "b"]},
-        },
-        "features": feats,
-    }
-    path = tmp / f"{name}.yaml"
-    path.write_text(json.dumps(doc))  # JSON is YAML
-    return path
 
 
 def _files(store: Path) -> dict[str, bytes]:

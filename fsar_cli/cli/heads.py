@@ -43,12 +43,15 @@ def import_checkpoint(
             "file: only for files you trust).",
         ),
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an OUT file that fsar did not write.")
+    ] = False,
 ) -> None:
     """Convert a reference CLIP-FSAR checkpoint into an fsar head checkpoint (+ visual tower)."""
     with cli_errors():
         from ..models import import_reference_checkpoint  # imports torch
 
-        result = import_reference_checkpoint(path, out, trust=trust)
+        result = import_reference_checkpoint(path, out, trust=trust, overwrite=overwrite)
     info = result.info
     table = Table(title=f"imported {result.source}", show_header=False)
     table.add_column("key", style="bold")

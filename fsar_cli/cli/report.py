@@ -30,6 +30,9 @@ def report_command(
     no_published: Annotated[
         bool, typer.Option("--no-published", help="Markdown: leave out the published rows.")
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an --out file that is not an fsar report.")
+    ] = False,
     db: DbOpt = None,
 ) -> None:
     """Export evaluation results: CSV with documented columns, or a markdown table.
@@ -51,6 +54,7 @@ def report_command(
             k_shot=shot,
             since=since,
             include_published=not no_published,
+            overwrite=overwrite,
         )
     if result.fmt == "markdown" and result.path is None:
         console.print(result.text, markup=False, highlight=False, soft_wrap=True)

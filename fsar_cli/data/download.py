@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .. import atomic
 from ..errors import DataError
+from ..ownership import claim
 
 __all__ = [
     "BENCHMARKS",
@@ -152,6 +153,13 @@ def download_splits(
             results[file] = FileCheck(name, file, path, expected, expected, "ok")
             report(1, label=file)
             continue
+        if not force:  # a file that is not the verified split file is not fsar's to replace
+            claim(
+                path,
+                kind="file",
+                what=f"{name} split file (checksum is not sha256 {expected[:12]}...)",
+                way_out="move it away, or pass --force to replace it with the verified download",
+            )
         url = f"{base}/{name}/{file}"
         try:
             data = _fetch(url, timeout)

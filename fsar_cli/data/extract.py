@@ -28,6 +28,7 @@ from typing import Any
 
 from .. import atomic
 from ..errors import DataError
+from ..ownership import claim, is_empty_dir
 from ..recipe import SPLITS, Recipe
 from .frames import VIDEO_EXTS, iter_video_frames, sample_indices
 from .sources import locate
@@ -414,10 +415,16 @@ def extract_frames(
     todo: list[_Job] = []
     skipped = 0
     clashes: list[tuple[str, str]] = []
+    foreign: list[str] = []
     for job in jobs:
-        marker = read_marker(dests[job.rel]) if dests[job.rel].is_dir() else None
+        dest = dests[job.rel]
+        marker = read_marker(dest) if dest.is_dir() else None
         if marker is None:
-            todo.append(job)
+            # a folder without fsar's marker is replaced only if it is empty or --overwrite says so
+            if os.path.lexists(dest) and not (dest.is_dir() and (overwrite or is_empty_dir(dest))):
+                foreign.append(job.rel)
+            else:
+                todo.append(job)
             continue
         diff = _settings_diff(marker.get("settings"), new)
         if diff is not None and not overwrite:
@@ -426,6 +433,14 @@ def extract_frames(
             skipped += 1
         else:
             todo.append(job)
+    if foreign:
+        claim(
+            out / foreign[0],
+            kind="dir",
+            overwrite=overwrite,
+            what=f"frame folder ({len(foreign)} without fsar's {MARKER} marker), e.g.",
+            way_out="move it away, pass --overwrite to replace such folders, or use another --out",
+        )
     if clashes:
         rel, diff = clashes[0]
         raise DataError(

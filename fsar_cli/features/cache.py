@@ -76,6 +76,7 @@ from ..data.preprocess import CLIP_MEAN, CLIP_STD, INTERPOLATION, ViewSpec, load
 from ..data.sources import locate
 from ..data.splits import SplitEntry, load_split
 from ..errors import CacheError, DataError
+from ..ownership import claim, foreign_entries
 from ..recipe import SPLITS, Recipe
 from .store import (
     INDEX_COLUMNS,
@@ -272,7 +273,13 @@ def _plan(recipe: Recipe, split: str, encoder: Encoder, shard: tuple[int, int] |
         split, entries, names, spec, settings, store_dir, chunks, mine, [], False, f.batch_size
     )
     if (store_dir / "meta.json").is_file():
-        old = json.loads((store_dir / "meta.json").read_text()).get("settings")
+        try:
+            old = json.loads((store_dir / "meta.json").read_text()).get("settings")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise CacheError(
+                f"{store_dir / 'meta.json'} is unreadable ({type(exc).__name__}); nothing was "
+                f"changed: move {store_dir} away or use another features.cache_dir"
+            ) from None
         if old is None:
             raise CacheError(
                 f"{store_dir} holds a feature store not made by `fsar cache` (no settings in its "
@@ -282,6 +289,15 @@ def _plan(recipe: Recipe, split: str, encoder: Encoder, shard: tuple[int, int] |
         _check_same({k: v for k, v in old.items() if k not in _WORK_ONLY}, strip, store_dir, split)
         plan.complete = True
         return plan
+    # the finished store replaces the whole folder: anything but fsar's .work would be lost
+    claim(
+        store_dir,
+        kind="dir",
+        ours=lambda p: not foreign_entries(p, lambda n: n == WORK_DIR),
+        what="feature store folder",
+        way_out=f"move those files out of {store_dir}, or use another features.cache_dir "
+        "(--set features.cache_dir=...)",
+    )
     plan.work.mkdir(parents=True, exist_ok=True)
     settings_file = plan.work / "settings.json"
     if not settings_file.exists():

@@ -23,6 +23,7 @@ import yaml
 
 from .. import atomic
 from ..errors import CheckpointError, FsarError
+from ..ownership import claim
 from .base import FewShotHead
 from .clipfsar import CLIPFSARHead
 from .registry import head_spec
@@ -306,8 +307,20 @@ class ImportResult:
     num_params: int = 0
 
 
+def _is_fsar_file(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint or tower fsar wrote (loads safely, fsar's format or a
+    ``visual.*`` state dict)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - anything unreadable is not proven to be ours
+        return False
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return True
+    return isinstance(obj, dict) and bool(obj) and all(str(k).startswith("visual.") for k in obj)
+
+
 def import_reference_checkpoint(
-    path: str | Path, out: str | Path, trust: bool = False
+    path: str | Path, out: str | Path, trust: bool = False, overwrite: bool = False
 ) -> ImportResult:
     """Convert a reference checkpoint into an fsar head checkpoint (plus the tower, if any).
 
@@ -316,12 +329,15 @@ def import_reference_checkpoint(
         out: the fsar checkpoint to write; the visual tower (when present) goes to
             ``tower_path_for(out)`` as an OpenAI-CLIP-named (``visual.*``) state dict.
         trust: allow arbitrary unpickling of ``path``.
+        overwrite: replace an existing ``out`` (or tower file) fsar did not write.
 
     Returns:
         An ``ImportResult``.
     """
+    out = claim(out, kind="file", ours=_is_fsar_file, overwrite=overwrite, what="checkpoint")
+    if (tower_file := tower_path_for(out)).exists():
+        claim(tower_file, kind="file", ours=_is_fsar_file, overwrite=overwrite, what="tower file")
     head, tower, info = load_reference_checkpoint(path, trust=trust)
-    out = Path(out)
     tower_out = None
     if tower is not None:
         tower_out = tower_path_for(out)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from .. import atomic
 from ..errors import FsarError
+from ..ownership import claim
 from .db import ResultsDB
 from .published import BENCHMARKS, CAVEAT, published
 
@@ -77,6 +78,7 @@ def load_results(
 
     Args:
         db: the results database (None = default location).
+        overwrite: replace an existing ``out`` that is not an fsar report (refused otherwise).
         recipe, head, k_shot: keep only rows with these values.
         since: keep rows evaluated at or after this date (``YYYY-MM-DD`` or ISO timestamp, UTC).
     """
@@ -159,6 +161,13 @@ def markdown_table(frame: pd.DataFrame, *, include_published: bool = True) -> st
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
+def _is_report(path: Path) -> bool:
+    """Whether ``path`` is a report fsar wrote: its first line is a report's header."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        first = fh.readline().rstrip("\r\n")
+    return first.startswith("| method | ") or first.startswith(",".join(REPORT_COLUMNS[:3]))
+
+
 def write_report(
     out: str | Path | None = None,
     *,
@@ -169,6 +178,7 @@ def write_report(
     k_shot: int | None = None,
     since: str | None = None,
     include_published: bool = True,
+    overwrite: bool = False,
 ) -> ReportResult:
     """Export the results database as CSV (:data:`REPORT_COLUMNS`) or a markdown table.
 
@@ -176,6 +186,7 @@ def write_report(
         out: the file to write (atomically); None returns the text only (markdown) or is an
             error for CSV.
         db: the results database (None = default location).
+        overwrite: replace an existing ``out`` that is not an fsar report (refused otherwise).
         fmt: ``csv`` or ``markdown``.
         recipe, head, k_shot, since: filters, as in :func:`load_results`.
         include_published: markdown only, add the published reference rows.
@@ -186,6 +197,8 @@ def write_report(
         raise FsarError(f"report format {fmt!r} is not one of csv, markdown")
     if fmt == "csv" and out is None:
         raise FsarError("a CSV report needs an output file: pass --out results.csv")
+    if out is not None:  # before any work: never replace a file fsar did not write
+        claim(out, kind="file", ours=_is_report, overwrite=overwrite, what="report")
     frame = load_results(db, recipe=recipe, head=head, k_shot=k_shot, since=since)
     text = None
     if fmt == "markdown":

@@ -1,0 +1,146 @@
+"""Issue 14: fsar never deletes what it did not write, refuses what it cannot vouch for, survives
+full disks, locks and kills, and turns every failure into one line (README, "Failures").
+
+Every test goes through the CLI where it can, asserting the exit code, a one-line message naming
+the culprit, and that the user's files are all still there.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SHARED, tiny_recipe
+from typer.testing import CliRunner
+
+from fsar_cli.cli.app import app
+
+REPO = Path(__file__).resolve().parents[1]
+VIDEO = SHARED / "fixtures" / "videos" / "arm_wrestling.mp4"
+BENCH = SHARED / "benchmarks"
+runner = CliRunner()
+
+
+def _fsar(*args: object) -> object:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _one_line_error(res: object, *names: str) -> str:
+    """The CLI failed with exit code 1 and one ``error:`` line naming every one of ``names``."""
+    out = res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 1, out  # type: ignore[attr-defined]
+    assert "Traceback" not in out, out
+    lines = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, out
+    text = " ".join(out.split())  # Rich may wrap a long line; the names are in it either way
+    for name in names:
+        assert name in text, (name, out)
+    return text
+
+
+def _user_files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+# ---------------------------------------------------------------- 1. never delete what is not ours
+
+
+def test_extract_keeps_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    shutil.copyfile(VIDEO, tmp_path / "in" / "good.mp4")
+    notes = tmp_path / "out" / "good" / "notes.txt"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("notes")
+    res = _fsar("extract", "--input", tmp_path / "in", "--out", tmp_path / "out", "--num-frames", 4)
+    _one_line_error(res, "good", "notes.txt", "--overwrite", "--out")
+    assert notes.read_text() == "notes" and sorted(os.listdir(notes.parent)) == ["notes.txt"]
+    # the way out works: --overwrite replaces it with a complete extraction
+    res = _fsar(
+        "extract", "--input", tmp_path / "in", "--out", tmp_path / "out", "--num-frames", 4,
+        "--overwrite",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert len(list(notes.parent.glob("*.jpg"))) == 4
+    # an empty folder holds nothing to lose: it is simply used
+    shutil.rmtree(notes.parent)
+    notes.parent.mkdir()
+    res = _fsar("extract", "--input", tmp_path / "in", "--out", tmp_path / "out", "--num-frames", 4)
+    assert res.exit_code == 0, res.output
+
+
+def test_cache_keeps_user_files_in_a_store_folder(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    mine = tmp_path / "cache-tiny" / "test" / "my_notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("keep me")
+    res = _fsar("cache", recipe, "--split", "test", "--device", "cpu")
+    _one_line_error(res, str(mine.parent), "my_notes.txt", "features.cache_dir")
+    assert mine.read_text() == "keep me"
+    assert sorted(os.listdir(mine.parent)) == ["my_notes.txt"]  # not even a .work folder
+
+
+def test_train_run_folder_with_user_files_is_refused(tmp_path: Path) -> None:
+    from test_train import make_recipe
+
+    recipe = make_recipe(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "thesis.tex").write_text("draft")
+    res = _fsar("train", recipe, "--out", run, "--steps", 1)
+    _one_line_error(res, str(run), "--out")
+    assert _user_files(run) == {"thesis.tex": b"draft"}
+    res = _fsar("train", recipe, "--out", run, "--resume")
+    _one_line_error(res, "resolved_recipe.yaml")
+    assert _user_files(run) == {"thesis.tex": b"draft"}
+
+
+def test_report_and_import_refuse_files_they_did_not_write(tmp_path: Path) -> None:
+    mine = tmp_path / "results.csv"
+    mine.write_text("my,own,table\n1,2,3\n")
+    res = _fsar("report", "--db", tmp_path / "r.sqlite", "--out", mine)
+    _one_line_error(res, str(mine), "--overwrite")
+    assert mine.read_text() == "my,own,table\n1,2,3\n"
+    res = _fsar("report", "--db", tmp_path / "r.sqlite", "--out", tmp_path)  # a folder
+    _one_line_error(res, str(tmp_path), "folder")
+    # import-checkpoint: an existing file that is not an fsar checkpoint is never replaced
+    ckpt = tmp_path / "head.pt"
+    ckpt.write_bytes(b"my weights")
+    res = _fsar("import-checkpoint", tmp_path / "missing.pyth", ckpt)
+    _one_line_error(res, str(ckpt), "--overwrite")
+    assert ckpt.read_bytes() == b"my weights"
+    res = _fsar("import-checkpoint", tmp_path / "missing.pyth", tmp_path)
+    _one_line_error(res, "folder")
+
+
+def test_synth_demo_and_splits_download_keep_user_files(tmp_path: Path) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("notes")
+    res = _fsar("synth", folder, "--videos-per-class", 2, "--frames", 2, "--size", 8)
+    _one_line_error(res, str(folder), "--overwrite")
+    res = _fsar("demo", "--out", folder)
+    _one_line_error(res, str(folder), "notes.txt")
+    assert _user_files(folder) == {"notes.txt": b"notes"}
+    # splits download: a file that is not the verified split file is not replaced without --force
+    dest = tmp_path / "splits"
+    (dest / "ucf101").mkdir(parents=True)
+    mine = dest / "ucf101" / "train_few_shot.txt"
+    mine.write_text("my own split\n")
+    res = _fsar("splits", "download", "ucf101", "--dest", dest, "--base-url", BENCH.as_uri())
+    _one_line_error(res, str(mine), "--force")
+    assert mine.read_text() == "my own split\n"
+    assert sorted(os.listdir(dest / "ucf101")) == ["train_few_shot.txt"]
+    res = _fsar(
+        "splits", "download", "ucf101", "--dest", dest, "--base-url", BENCH.as_uri(), "--force"
+    )
+    assert res.exit_code == 0, res.output
+    assert mine.read_bytes() == (BENCH / "ucf101" / "train_few_shot.txt").read_bytes()
