@@ -203,6 +203,10 @@ def test_kill_and_resume_gives_the_same_tree(tmp_path):
         untrusted.mkdir(exist_ok=True)
         (untrusted / "00000001.jpg").write_bytes(b"junk")
     resumed = runner.invoke(app, ["extract", *opts, "--out", str(killed)])
+    if (untrusted / "00000001.jpg").read_bytes() == b"junk":  # fsar never wrote that folder
+        assert resumed.exit_code == 1 and "cleaning_pool" in resumed.output
+        assert (untrusted / "00000001.jpg").read_bytes() == b"junk"
+        resumed = runner.invoke(app, ["extract", *opts, "--out", str(killed), "--overwrite"])
     assert resumed.exit_code == 0, resumed.output
     extract_frames(tmp_path / "clean", input_dir=src, short_side=64, workers=1)  # uninterrupted
     tree = _tree(killed)

@@ -7,18 +7,13 @@ the culprit, and that the user's files are all still there.
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 from conftest import SHARED, tiny_recipe
 from typer.testing import CliRunner
 
@@ -144,3 +139,77 @@ def test_synth_demo_and_splits_download_keep_user_files(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert mine.read_bytes() == (BENCH / "ucf101" / "train_few_shot.txt").read_bytes()
+
+
+# ---------------------------------------------------------------- 2. locks: one writer per folder
+
+_HOLD = """
+import sys, time
+from fsar_cli import locks
+with locks.hold(sys.argv[1], what="x", way_out="y", tag=sys.argv[2]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def _holder(path: Path, tag: str = "") -> subprocess.Popen[str]:
+    """Another process holding the lock of ``path``; returns once it holds it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(path), tag], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_lock_names_the_holder_and_survives_kill_9(tmp_path: Path) -> None:
+    from fsar_cli import locks
+    from fsar_cli.errors import OutputError
+
+    proc = _holder(tmp_path / "run")
+    try:
+        with pytest.raises(OutputError, match=f"in use by pid {proc.pid}"):
+            with locks.hold(tmp_path / "run", what="run folder", way_out="use another --out"):
+                pass
+    finally:
+        proc.kill()  # SIGKILL: no clean release
+        proc.wait()
+    with locks.hold(tmp_path / "run", what="run folder", way_out="-") as lock:  # not stale
+        assert lock.read_text().split()[0] == str(os.getpid())
+    assert not lock.exists()  # a clean release leaves no file behind
+
+
+def test_second_train_on_one_run_folder_is_refused(tmp_path: Path) -> None:
+    from test_train import make_recipe
+
+    from fsar_cli.train.runs import MetricsLog
+
+    recipe = make_recipe(tmp_path)
+    run = tmp_path / "run"
+    assert _fsar("train", recipe, "--out", run, "--steps", 2).exit_code == 0
+    before = _user_files(run)
+    proc = _holder(run)  # stands in for a first `fsar train --resume` still at work
+    try:
+        res = _fsar("train", recipe, "--out", run, "--resume")
+        _one_line_error(res, f"in use by pid {proc.pid}", str(run))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _user_files(run) == before  # the refused run wrote nothing, no duplicate metrics
+    res = _fsar("train", recipe, "--out", run, "--resume")
+    assert res.exit_code == 0, res.output
+    steps = [int(r["step"]) for r in MetricsLog.read(run / "metrics.csv")]
+    assert steps == sorted(set(steps))
+
+
+def test_second_unsharded_cache_into_one_folder_is_refused(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    store = tmp_path / "cache-tiny" / "test"
+    proc = _holder(store)
+    try:
+        res = _fsar("cache", recipe, "--split", "test", "--device", "cpu")
+        _one_line_error(res, f"in use by pid {proc.pid}", str(store))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not store.exists()

@@ -54,6 +54,7 @@ the batch and queue sizes, not by the dataset.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -70,7 +71,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import __version__, distributed
+from .. import __version__, distributed, locks
 from ..data.frames import FRAME_EXTS
 from ..data.preprocess import CLIP_MEAN, CLIP_STD, INTERPOLATION, ViewSpec, load_views
 from ..data.sources import locate
@@ -596,6 +597,25 @@ def cache_features(
             f"features.crop={encoder.input_resolution} and features.resize >= it"
         )
     advance = on_progress or (lambda n=1, *, total=None, label=None: None)
+    with contextlib.ExitStack() as stack:
+        # one process per (split, shard): a second run into the same folder is told who holds it
+        for split in dict.fromkeys(splits):
+            where = store_path(os.path.expanduser(f.cache_dir), split)
+            tag = "" if shard is None else f"shard-{shard[0]}-of-{shard[1]}"
+            way_out = "use another features.cache_dir (--set features.cache_dir=...)"
+            stack.enter_context(locks.hold(where, what="feature store", way_out=way_out, tag=tag))
+        return _cache_locked(recipe, splits, encoder, shard, advance, d)
+
+
+def _cache_locked(
+    recipe: Recipe,
+    splits: Iterable[str],
+    encoder: Encoder,
+    shard: tuple[int, int] | None,
+    advance: Callable[..., None],
+    d: distributed.Dist,
+) -> CacheResult:
+    f = recipe.features
     plans: list[_Plan] = []
 
     def plan_all() -> None:

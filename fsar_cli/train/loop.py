@@ -18,6 +18,7 @@ scored, and which weights its checkpoints hold. Everything else is here, once:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -29,7 +30,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from .. import distributed
+from .. import distributed, locks
 from ..errors import TrainError
 from ..models.base import FewShotHead
 from ..progress import ProgressFn
@@ -166,18 +167,23 @@ def train_run(
     check_train_cfg(recipe, mode_name, d.world)
     dev = d.device(device)
     run = RunDir(out_dir)
-    d.on_main(lambda: run.check(recipe, resume=resume))
-    return run_loop(
-        recipe,
-        run,
-        make_mode(d, dev),
-        d,
-        dev,
-        resume=resume,
-        argv=argv,
-        max_steps=max_steps,
-        on_progress=on_progress,
-    )
+    with contextlib.ExitStack() as stack:
+        if d.is_main:  # one process trains in a run folder at a time; torchrun ranks share it
+            lock = locks.hold(run.path, what="run folder", way_out="start a run in another --out")
+            stack.enter_context(lock)
+        d.on_main(lambda: run.check(recipe, resume=resume))
+        return run_loop(
+            recipe,
+            run,
+            make_mode(d, dev),
+            d,
+            dev,
+            resume=resume,
+            argv=argv,
+            max_steps=max_steps,
+            on_progress=on_progress,
+        )
+    raise AssertionError("unreachable")  # pragma: no cover (for type checkers)
 
 
 def run_loop(
