@@ -213,3 +213,70 @@ def test_second_unsharded_cache_into_one_folder_is_refused(tmp_path: Path) -> No
         proc.kill()
         proc.wait()
     assert not store.exists()
+
+
+# ---------------------------------------------------------------- 2. never lose a computed number
+
+
+def _eval_recipe(tmp_path: Path) -> Path:
+    from fsar_cli.features.synthetic import synthetic_store
+
+    synthetic_store(tmp_path / "cache" / "test", dim=32, noise=2.0)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        f"name: tiny\nfeatures:\n  cache_dir: {tmp_path / 'cache'}\n"
+        "eval:\n  episodes: 20\n  batch_episodes: 16\n"
+    )
+    return path
+
+
+def _accuracy_then_error(res: object, *names: str) -> None:
+    """The accuracy table came first; then one error line naming the culprit; exit code 1."""
+    out = res.output  # type: ignore[attr-defined]
+    _one_line_error(res, *names)
+    assert "accuracy" in out and " ± " in out
+    assert out.index("accuracy") < out.index("error:")
+
+
+def test_locked_database_waits_says_so_and_keeps_the_accuracy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from fsar_cli.results import db as db_mod
+
+    monkeypatch.setattr(db_mod, "LOCK_WAIT_S", 0.2)  # the polite wait, shortened for the test
+    monkeypatch.setattr(db_mod, "_POLITE_WAIT_S", 0.1)
+    recipe, db = _eval_recipe(tmp_path), tmp_path / "r.sqlite"
+    args = ["eval", recipe, "--head", "proto", "--db", db]
+    assert _fsar(*args).exit_code == 0  # creates the database
+    other = sqlite3.connect(db)
+    other.execute("BEGIN EXCLUSIVE")  # another writer holds it
+    try:
+        res = _fsar(*args)
+    finally:
+        other.rollback()
+        other.close()
+    _accuracy_then_error(res, str(db), "locked by another writer", "--db")
+    assert "waiting up to" in res.output
+    assert len(db_mod.ResultsDB(db).query()) == 1
+    assert _fsar(*args).exit_code == 0  # free again: recorded
+    assert len(db_mod.ResultsDB(db).query()) == 2
+
+
+def test_corrupt_database_and_bad_episode_path_keep_the_accuracy(tmp_path: Path) -> None:
+    recipe = _eval_recipe(tmp_path)
+    corrupt = tmp_path / "corrupt.sqlite"
+    corrupt.write_bytes(b"not a database at all" * 100)
+    res = _fsar("eval", recipe, "--head", "proto", "--db", corrupt)
+    _accuracy_then_error(res, str(corrupt), "not a usable results database", "another --db")
+    assert corrupt.read_bytes() == b"not a database at all" * 100
+    folder = tmp_path / "episodes"
+    folder.mkdir()
+    res = _fsar("eval", recipe, "--head", "proto", "--no-record", "--save-episodes", folder)
+    _accuracy_then_error(res, str(folder), "folder")
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"mine": 1}')
+    res = _fsar("eval", recipe, "--head", "proto", "--no-record", "--save-episodes", mine)
+    _accuracy_then_error(res, str(mine), "not written by fsar")
+    assert mine.read_text() == '{"mine": 1}'

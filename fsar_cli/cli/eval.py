@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from .console import cli_errors, console, encoder_text, progress
+from .console import cli_errors, console, encoder_text, err_console, progress
 from .options import (
     DbOpt,
     DeviceOpt,
@@ -143,8 +144,14 @@ def eval_command(
     if not d.is_main:
         return
     console.print(result_table(result))
-    if save_episodes is not None:
+    if save_episodes is not None and not any(
+        e.startswith("episode list") for e in result.record_errors
+    ):
         console.print(f"episodes written to {save_episodes}")
+    for text in result.record_errors:  # after the numbers: a failed write never hides them
+        err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+    if result.record_errors:
+        raise typer.Exit(code=1)
 
 
 def register(app: typer.Typer) -> None:

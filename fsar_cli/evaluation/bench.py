@@ -115,8 +115,15 @@ def run_bench(
         raise RecipeError("the grid is empty: give at least one recipe, shot and head")
     if any(k < 1 for k in shots):
         raise RecipeError(f"shots must be >= 1, got {list(shots)}")
+    for flag, value, least in (
+        ("--way", n_way, 2),
+        ("--query", n_query, 1),
+        ("--episodes", episodes, 1),
+    ):  # 0 is a value, not "the recipe's default"
+        if value is not None and value < least:
+            raise RecipeError(f"{flag} {value}: must be at least {least}")
     cells = [(r, k, h) for r in loaded for k in shots for h in heads]
-    per_cell = [episodes or r.eval.episodes for r, _, _ in cells]
+    per_cell = [r.eval.episodes if episodes is None else episodes for r, _, _ in cells]
     if on_progress is not None:
         on_progress(0, total=sum(per_cell))
     rows: list[BenchRow] = []
@@ -184,11 +191,15 @@ def run_bench(
             res.encoder_random,
         )
         row.checkpoint, row.eval_id = res.checkpoint, res.eval_id
-        row.note = res.missing
+        row.note = "; ".join(
+            [res.missing, *res.record_errors] if res.missing else res.record_errors
+        )
     pub: list[PublishedResult] = []
     for r in loaded:
         for k in shots:
-            for p in published(r.data.split_name or r.name, k, n_way or r.eval.n_way):
+            for p in published(
+                r.data.split_name or r.name, k, r.eval.n_way if n_way is None else n_way
+            ):
                 if p not in pub:
                     pub.append(p)
     return BenchResult(rows, pub, None if db is None else str(db))

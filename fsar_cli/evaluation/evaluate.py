@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 
 from .. import __version__, distributed
-from ..episodes import EpisodeBatch, EpisodeSampler, load_episodes
+from ..episodes import EPISODES_FORMAT, EpisodeBatch, EpisodeSampler, load_episodes
 from ..episodes import save_episodes as _save_episodes
-from ..errors import EpisodeError
+from ..errors import EpisodeError, FsarError
 from ..features.store import FeatureStore, store_path
+from ..ownership import claim
 from ..progress import ProgressFn
 from ..recipe import Recipe
 from ..results.db import git_sha
@@ -62,6 +63,9 @@ class EvalResult:
     overrides: list[str] = field(default_factory=list)
     eval_id: int | None = None
     db: str | None = None
+    #: what could not be written after the accuracy was computed (episode list, database row):
+    #: one line each; the numbers above stay valid and the CLI prints them first
+    record_errors: list[str] = field(default_factory=list)
 
     @property
     def mean(self) -> float:
@@ -194,13 +198,34 @@ def record(
     """Write the evaluated episode list and the results-database row (rank 0 only)."""
     from ..results.db import ResultsDB
 
+    # a computed accuracy is never lost: a failure here is noted in result.record_errors
     if save_episodes is not None:
         keys = store.index["key"].astype(str).tolist()
         info = {"seed": result.seed, "split": result.split, "recipe": result.recipe}
-        _save_episodes(save_episodes, plan.fetch(0, plan.n), keys, {**info, "store": result.store})
+        try:
+            claim(save_episodes, kind="file", ours=_is_episode_list, what="--save-episodes file")
+            batch = plan.fetch(0, plan.n)
+            _save_episodes(save_episodes, batch, keys, {**info, "store": result.store})
+        except (FsarError, OSError) as exc:
+            result.record_errors.append(f"episode list not written: {_one_line(exc)}")
     if db is not None:
-        rdb = ResultsDB(db)
-        result.eval_id, result.db = rdb.add(result.fields(), result.accuracies), str(rdb.path)
+        try:
+            rdb = ResultsDB(db)
+            result.eval_id, result.db = rdb.add(result.fields(), result.accuracies), str(rdb.path)
+        except (FsarError, OSError) as exc:
+            result.record_errors.append(f"result not recorded: {_one_line(exc)}")
+    for text in result.record_errors:
+        log.debug(text)
+
+
+def _one_line(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, FsarError) else f"{type(exc).__name__}: {exc}"
+
+
+def _is_episode_list(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(200)
+    return b'"format": "' + EPISODES_FORMAT.encode() + b'"' in head
 
 
 def evaluate(

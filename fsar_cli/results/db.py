@@ -80,6 +80,44 @@ CREATE INDEX IF NOT EXISTS evals_by_recipe ON evals (recipe, head, k_shot);
 """
 
 
+#: How long a writer waits quietly for another writer's lock, then (saying so) up to LOCK_WAIT_S.
+_POLITE_WAIT_S = 2.0
+LOCK_WAIT_S = 30.0
+
+
+def _wait_politely(path: Path, conn: sqlite3.Connection) -> None:
+    """Take the write lock now: quietly for a moment, then saying so while waiting longer."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise
+        log.warning("%s is locked by another writer; waiting up to %.0f s", path, LOCK_WAIT_S)
+        conn.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_S * 1000)}")
+        conn.execute("BEGIN IMMEDIATE")
+    conn.execute("ROLLBACK")  # the lock is free now; the caller's own transaction takes it
+    conn.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_S * 1000)}")
+
+
+def _db_error(path: Path, exc: sqlite3.DatabaseError) -> FsarError:
+    """One line for what went wrong with a results database, and what to do about it."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return FsarError(
+            f"results database {str(path)!r} is locked by another writer (waited "
+            f"{LOCK_WAIT_S:.0f} s); rerun when it is done, or pass another --db"
+        )
+    if "unable to open" in text or "readonly" in text or "permission" in text.lower():
+        return FsarError(
+            f"results database {str(path)!r} cannot be written ({text}); check its permissions "
+            "and its folder's, or pass another --db"
+        )
+    return FsarError(
+        f"{str(path)!r} is not a usable results database ({text}: corrupt, or not SQLite); move "
+        "it away or pass another --db"
+    )
+
+
 def default_db_path() -> Path:
     """``$FSAR_RESULTS_DB``, else ``~/.cache/fsar/results.sqlite``."""
     env = os.environ.get("FSAR_RESULTS_DB")
@@ -127,9 +165,10 @@ class ResultsDB:
                 "~/.cache/fsar/results.sqlite)"
             )
         try:
-            conn = sqlite3.connect(self.path, timeout=30)
+            conn = sqlite3.connect(self.path, timeout=_POLITE_WAIT_S)
             conn.execute("PRAGMA foreign_keys = ON")
             with conn:
+                _wait_politely(self.path, conn)
                 conn.executescript(_SCHEMA)
                 row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
                 if row is None:
@@ -142,7 +181,7 @@ class ResultsDB:
                         f"understands ({SCHEMA_VERSION}); upgrade fsar or use another --db"
                     )
         except sqlite3.DatabaseError as exc:
-            raise FsarError(f"{self.path}: not a usable results database ({exc})") from None
+            raise _db_error(self.path, exc) from None
         return conn
 
     def add(self, fields: dict[str, Any], accuracies: np.ndarray) -> int:
@@ -166,6 +205,7 @@ class ResultsDB:
         accs = np.ascontiguousarray(accuracies, dtype="<f8")
         conn = self._connect(create=True)
         try:
+            _wait_politely(self.path, conn)
             with conn:  # one transaction: both rows or neither
                 cur = conn.execute(
                     f"INSERT INTO evals ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
@@ -176,6 +216,8 @@ class ResultsDB:
                     "INSERT INTO episode_accs VALUES (?, ?, ?)",
                     (eval_id, len(accs), accs.tobytes()),
                 )
+        except sqlite3.DatabaseError as exc:
+            raise _db_error(self.path, exc) from None
         finally:
             conn.close()
         log.debug("recorded eval %d in %s", eval_id, self.path)
