@@ -7,12 +7,14 @@ the culprit, and that the user's files are all still there.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import SHARED, tiny_recipe
 from typer.testing import CliRunner
@@ -280,3 +282,90 @@ def test_corrupt_database_and_bad_episode_path_keep_the_accuracy(tmp_path: Path)
     res = _fsar("eval", recipe, "--head", "proto", "--no-record", "--save-episodes", mine)
     _accuracy_then_error(res, str(mine), "not written by fsar")
     assert mine.read_text() == '{"mine": 1}'
+
+
+# ---------------------------------------------------------------- 2. a full disk
+
+
+def _store_bytes(store: Path) -> dict[str, bytes]:
+    return {n: (store / n).read_bytes() for n in ("features.npy", "index.csv", "text.npy")}
+
+
+def test_cache_on_a_full_disk_keeps_its_chunks_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC injected where the store is written, then too little space for the assembly."""
+    from fsar_cli.features import cache as cache_mod
+    from fsar_cli.features import store as store_mod
+
+    recipe = tiny_recipe(tmp_path)
+    store = tmp_path / "cache-tiny" / "test"
+    real_save = np.save
+
+    def full_disk(file: object, *a: object, **k: object) -> None:
+        if str(file).endswith("features.npy"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        real_save(file, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_mod.np, "save", full_disk)
+    res = _fsar("cache", recipe, "--split", "test", "--device", "cpu")
+    _one_line_error(res, "no space left", "rerun `fsar cache`")
+    chunks = sorted(p.name for p in (store / ".work").glob("chunk-*.npz"))
+    assert chunks and not list(store.parent.glob(".test.tmp-*"))  # half a copy is removed
+    assert not (store / ".work" / "assembled.npy").exists()
+    monkeypatch.setattr(store_mod.np, "save", real_save)
+
+    Usage = type(shutil.disk_usage(tmp_path))
+    monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda p: Usage(10**9, 10**9, 1000))
+    res = _fsar("cache", recipe, "--split", "test", "--device", "cpu")
+    _one_line_error(res, "bytes free", "1,000", "chunks")
+    assert sorted(p.name for p in (store / ".work").glob("chunk-*.npz")) == chunks
+    monkeypatch.undo()
+
+    encoded: list[int] = []
+    real_encode = cache_mod._encode_chunks
+    monkeypatch.setattr(
+        cache_mod, "_encode_chunks", lambda *a: encoded.append(len(a[1].todo)) or real_encode(*a)
+    )
+    res = _fsar("cache", recipe, "--split", "test", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert encoded == [0]  # every committed chunk was reused
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    assert _fsar("cache", tiny_recipe(clean), "--split", "test", "--device", "cpu").exit_code == 0
+    assert _store_bytes(store) == _store_bytes(clean / "cache-tiny" / "test")
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> object:
+    """A 4 MiB tmpfs (needs mount rights; skipped where they are missing)."""
+    mnt = tmp_path / "tiny_fs"
+    mnt.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.slow
+def test_cache_on_a_really_full_filesystem(tmp_path: Path, tiny_fs: Path) -> None:
+    """A real full file system: no SIGBUS, one line, and the chunks finish the store later."""
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    assert _fsar("cache", tiny_recipe(ref), "--split", "test", "--device", "cpu").exit_code == 0
+    chunk_bytes = sum(p.stat().st_size for p in (ref / "cache-tiny" / "test").rglob("*.npy"))
+    recipe = tiny_recipe(tmp_path, **{"cache_dir": str(tiny_fs / "cache")})
+    filler = tiny_fs / "filler"
+    free = shutil.disk_usage(tiny_fs).free
+    with open(filler, "wb") as fh:  # leave room for the chunks, not for assembling the store
+        fh.write(b"\0" * (free - 2 * chunk_bytes - 64 * 1024))
+    res = _fsar("cache", recipe, "--split", "test", "--device", "cpu")
+    _one_line_error(res, "bytes free")
+    assert list((tiny_fs / "cache" / "test" / ".work").glob("chunk-*.npz"))
+    filler.unlink()
+    res = _fsar("cache", recipe, "--split", "test", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert _store_bytes(tiny_fs / "cache" / "test") == _store_bytes(ref / "cache-tiny" / "test")

@@ -6,6 +6,7 @@ through an ``on_progress(n=1, *, total=None, label=None)`` callback.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -75,6 +77,19 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+def os_error_text(exc: OSError) -> str:
+    """One line for an operating-system error: the file, what happened, and what to try."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    what = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        return (
+            f"{where}no space left on the device; free some space and rerun (finished work is kept)"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{where}{what}; check the permissions, or choose another path"
+    return f"{where}{what}"
+
+
 @contextmanager
 def cli_errors() -> Iterator[None]:
     """Turn an :class:`FsarError` into one red line on stderr and exit code 1.
@@ -88,7 +103,17 @@ def cli_errors() -> Iterator[None]:
             raise
         # Under torchrun every rank meets the same error; one copy of the message is enough.
         if os.environ.get("RANK", "0") in ("", "0"):
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+            )
+        raise typer.Exit(code=1) from None
+    except OSError as exc:  # a disk, a permission, a path: one line naming the file, not a trace
+        if debug_enabled():
+            raise
+        if os.environ.get("RANK", "0") in ("", "0"):
+            err_console.print(
+                f"[bold red]error:[/] {escape(os_error_text(exc))}", highlight=False, soft_wrap=True
+            )
         raise typer.Exit(code=1) from None
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]: finished work is kept; rerun to resume.")

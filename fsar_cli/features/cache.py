@@ -55,9 +55,11 @@ the batch and queue sizes, not by the dataset.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -230,6 +232,9 @@ _LABELS = {
 def _short(v: Any) -> str:
     s = repr(v)
     return s if len(s) <= 60 else s[:57] + "..."
+
+
+_SPACE_MARGIN = 1 << 20  # index, text features, metadata
 
 
 def _check_same(old: dict[str, Any], new: dict[str, Any], where: Path, split: str) -> None:
@@ -435,7 +440,9 @@ def _encode_stream(
         feats = np.zeros((end - start, V, T, D), dtype=np.float16)
         if ok_rows:  # [n_ok*V*T, D] -> [n_ok, V, T, D]
             feats[ok_rows] = torch.cat(outs).view(len(ok_rows), V, T, D).numpy().astype(np.float16)
-        write_chunk(chunk_path(plan.work, start, end), feats, records, plan.settings)
+        path = chunk_path(plan.work, start, end)
+        with _disk_errors(path, plan):
+            write_chunk(path, feats, records, plan.settings)
     return n_videos, n_frames
 
 
@@ -467,8 +474,10 @@ def _finalise(recipe: Recipe, plan: _Plan, encoder: Encoder) -> bool:
     paths = [chunk_path(plan.work, s, e) for s, e in plan.chunks]
     if not all(p.exists() for p in paths) or not acquire_lock(plan.work / "finalise.lock"):
         return False
+    assembled = plan.work / "assembled.npy"
     try:
         n, V, T, D = len(plan.entries), plan.spec.views, plan.spec.num_frames, encoder.dim
+        _check_space(plan, 2 * n * V * T * D * 2)  # the assembled array, then the store's copy
         feats: np.ndarray = (
             np.lib.format.open_memmap(plan.work / "assembled.npy", "w+", np.float16, (n, V, T, D))
             if n
@@ -500,13 +509,42 @@ def _finalise(recipe: Recipe, plan: _Plan, encoder: Encoder) -> bool:
             "torch_version": torch.__version__.split("+")[0],
         }
         text = _text_features(encoder, plan.names, recipe.features.prompt, plan.split)
-        if isinstance(feats, np.memmap):
-            feats.flush()
-        write_store(plan.store_dir, feats, index, text, meta)  # replaces the folder, .work included
+        with _disk_errors(plan.store_dir, plan):
+            if isinstance(feats, np.memmap):
+                feats.flush()
+            write_store(plan.store_dir, feats, index, text, meta)  # replaces the folder and .work
         del feats
+    except BaseException:
+        assembled.unlink(missing_ok=True)  # frees its space; the committed chunks stay
+        raise
     finally:
         (plan.work / "finalise.lock").unlink(missing_ok=True)
     return True
+
+
+def _check_space(plan: _Plan, needed: int) -> None:
+    """Refuse to assemble a store that cannot fit: a full disk under a memory map is a SIGBUS."""
+    free = shutil.disk_usage(plan.work).free
+    if free < needed + _SPACE_MARGIN:
+        raise CacheError(
+            f"{plan.store_dir}: assembling the {plan.split} store needs {needed:,} bytes free, "
+            f"the disk has {free:,}; free some space (or use another features.cache_dir) and "
+            f"rerun `fsar cache`: the {len(plan.chunks)} encoded chunks in {plan.work} are kept"
+        )
+
+
+@contextlib.contextmanager
+def _disk_errors(path: Path, plan: _Plan) -> Iterator[None]:
+    """A full or failing disk while writing ``path``: one line naming it; finished work stays."""
+    try:
+        yield
+    except OSError as exc:
+        why = "no space left on the device" if exc.errno == errno.ENOSPC else str(exc)
+        raise CacheError(
+            f"{path}: cannot write ({why}); free some space (or use another "
+            f"features.cache_dir) and rerun `fsar cache`: the chunks already in {plan.work} "
+            "are kept and reused"
+        ) from None
 
 
 def _summary(plan: _Plan, encoded: int, frames: int, seconds: float, state: str) -> SplitSummary:

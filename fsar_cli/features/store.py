@@ -102,11 +102,15 @@ def write_store(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    np.save(tmp / "features.npy", np.ascontiguousarray(features, dtype=np.float16))
-    np.save(tmp / "text.npy", np.asarray(text, dtype=np.float32))
-    index[INDEX_COLUMNS].to_csv(tmp / "index.csv", index=False)
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    _fsync_dir(tmp)
+    try:
+        np.save(tmp / "features.npy", np.ascontiguousarray(features, dtype=np.float16))
+        np.save(tmp / "text.npy", np.asarray(text, dtype=np.float32))
+        index[INDEX_COLUMNS].to_csv(tmp / "index.csv", index=False)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        _fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written copy (full disk) frees its space
+        raise
     # recover_store finds the old copy by this name if a crash falls between the two renames
     atomic.swap_dir(tmp, path, aside=path.parent / f".{path.name}.old-{os.getpid()}")
     return path
@@ -144,19 +148,42 @@ class FeatureStore:
             raise CacheError(
                 f"no feature cache at {str(path)!r} (missing meta.json); run `fsar cache` first"
             )
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format") != STORE_FORMAT:
-            raise CacheError(
-                f"{meta_file}: format {meta.get('format')!r} is not {STORE_FORMAT!r}; "
-                "re-run `fsar cache`"
+        redo = f"move {str(path)!r} away and rerun `fsar cache`"
+        current = meta_file
+        try:
+            meta = json.loads(meta_file.read_text())
+            if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
+                found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+                raise CacheError(f"{meta_file}: format {found!r} is not {STORE_FORMAT!r}; {redo}")
+            current = path / "index.csv"
+            index = pd.read_csv(
+                current,
+                dtype={
+                    "key": str,
+                    "video_id": str,
+                    "class_name": str,
+                    "source": str,
+                    "reason": str,
+                },
+                keep_default_na=False,
             )
-        index = pd.read_csv(
-            path / "index.csv",
-            dtype={"key": str, "video_id": str, "class_name": str, "source": str, "reason": str},
-            keep_default_na=False,
-        )
-        features = np.load(path / "features.npy", mmap_mode="r")
-        text = np.load(path / "text.npy")
+            current = path / "features.npy"
+            features = np.load(current, mmap_mode="r")
+            current = path / "text.npy"
+            text = np.load(current)
+        except PermissionError as exc:  # not "corrupt": the fix is a chmod, not a rebuild
+            raise CacheError(
+                f"{current}: permission denied ({exc.strerror}); make it readable (chmod)"
+            ) from None
+        except FileNotFoundError:
+            raise CacheError(f"{current} is missing: the store is incomplete; {redo}") from None
+        except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise CacheError(f"{current} is unreadable ({exc}); {redo}") from None
+        if features.ndim != 4 or len(index) != features.shape[0]:
+            raise CacheError(
+                f"{path / 'features.npy'} has shape {features.shape} but index.csv lists "
+                f"{len(index)} videos; {redo}"
+            )
         return cls(path, meta, index, features, text)
 
     # ------------------------------------------------------------------ views
