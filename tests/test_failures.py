@@ -8,6 +8,7 @@ the culprit, and that the user's files are all still there.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import SHARED, tiny_recipe
 from typer.testing import CliRunner
 
@@ -369,3 +371,55 @@ def test_cache_on_a_really_full_filesystem(tmp_path: Path, tiny_fs: Path) -> Non
     res = _fsar("cache", recipe, "--split", "test", "--device", "cpu")
     assert res.exit_code == 0, res.output
     assert _store_bytes(tiny_fs / "cache" / "test") == _store_bytes(ref / "cache-tiny" / "test")
+
+
+# ---------------------------------------------------------------- 3. never score unvouched features
+
+
+def _set_meta(store: Path, **changes: object) -> None:
+    meta = json.loads((store / "meta.json").read_text())
+    meta.update(changes)
+    (store / "meta.json").write_text(json.dumps(meta))
+
+
+def test_features_of_other_weights_are_refused_in_eval_and_resume(tmp_path: Path) -> None:
+    from test_train import make_recipe
+
+    from fsar_cli.models import load_head_checkpoint
+
+    recipe = make_recipe(tmp_path, test=True)
+    run = tmp_path / "run"
+    assert _fsar("train", recipe, "--out", run, "--steps", 6).exit_code == 0
+    recorded = load_head_checkpoint(run / "best.pt")[1]["features"]
+    assert recorded["encoder"] == "synthetic" and "weights_sha256" in recorded
+    assert json.loads((run / "summary.json").read_text())["features"] == recorded
+    assert torch.load(run / "last.pt", weights_only=True)["features"] == recorded
+    cache = tmp_path / "cache"
+    args = ["eval", recipe, "--checkpoint", run, "--no-record"]
+    assert _fsar(*args).exit_code == 0
+    # the cache rebuilt with other weights of the same width: refused by name, both values shown
+    _set_meta(cache / "test", weights_sha256="b" * 64)
+    res = _fsar(*args)
+    _one_line_error(res, "weights_sha256", "'" + "b" * 64 + "'", "--allow-other-features")
+    assert _fsar(*args, "--allow-other-features").exit_code == 0
+    for split in ("train", "val"):  # the whole cache rebuilt with other weights
+        _set_meta(cache / split, weights_sha256="c" * 64)
+    res = _fsar("train", recipe, "--out", run, "--resume")
+    _one_line_error(res, "weights_sha256", "'" + "c" * 64 + "'", "--allow-other-features")
+    assert int(torch.load(run / "last.pt", weights_only=True)["step"]) == 6  # nothing trained
+    res = _fsar("train", recipe, "--out", run, "--resume", "--allow-other-features")
+    assert res.exit_code == 0, res.output
+
+
+def test_old_checkpoint_without_provenance_is_accepted_with_a_warning(tmp_path: Path) -> None:
+    from test_train import make_recipe
+
+    from fsar_cli.models import create_head, save_head_checkpoint
+    from fsar_cli.recipe import load_recipe
+
+    path = make_recipe(tmp_path, test=True)
+    head = create_head("clipfsar", 32, load_recipe(path).model)
+    save_head_checkpoint(tmp_path / "old.pt", head, {"step": 1})  # no "features": older fsar
+    res = _fsar("eval", path, "--checkpoint", tmp_path / "old.pt", "--no-record")
+    assert res.exit_code == 0, res.output
+    assert "no feature provenance" in " ".join(res.output.split())

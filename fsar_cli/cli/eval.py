@@ -99,6 +99,14 @@ def eval_command(
     ] = False,
     device: DeviceOpt = "cpu",
     overrides: OverrideOpt = None,
+    allow_other_features: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other-features",
+            help="Evaluate a checkpoint on features of another encoder, weights or resolution "
+            "than it was trained on (refused otherwise).",
+        ),
+    ] = False,
 ) -> None:
     """Evaluate a head on N-way K-shot episodes of a cached split; mean accuracy and 95% CI.
 
@@ -138,6 +146,7 @@ def eval_command(
                     overrides=overrides or [],
                     trust=trust,
                     on_progress=advance,
+                    allow_other_features=allow_other_features,
                 )
         finally:
             distributed.shutdown()

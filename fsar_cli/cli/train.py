@@ -46,6 +46,14 @@ def train(
     ] = None,
     splits: SplitsOpt = None,
     overrides: OverrideOpt = None,
+    allow_other_features: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other-features",
+            help="Resume although the cache now holds features of another encoder, weights, "
+            "resolution or sampling than the run recorded (refused otherwise).",
+        ),
+    ] = False,
 ) -> None:
     """Meta-train the recipe's head (on cached features, or end to end with --mode finetune).
 
@@ -85,6 +93,7 @@ def train(
                     on_progress=advance,
                     max_steps=steps,
                     argv=["fsar", *sys.argv[1:]],
+                    allow_other_features=allow_other_features,
                 )
         finally:
             distributed.shutdown()

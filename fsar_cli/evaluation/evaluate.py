@@ -247,6 +247,7 @@ def evaluate(
     overrides: list[str] | tuple[str, ...] = (),
     trust: bool = False,
     on_progress: ProgressFn | None = None,
+    allow_other_features: bool = False,
 ) -> EvalResult:
     """Evaluate a head on seeded episodes of a cached split (defaults from ``recipe.eval``).
 
@@ -262,6 +263,8 @@ def evaluate(
         db: append the result to this results database (None: do not record).
         overrides: the ``--set`` overrides that made ``recipe``, recorded as provenance.
         trust: allow arbitrary unpickling of a reference checkpoint that needs it.
+        allow_other_features: evaluate a checkpoint on features other than it recorded
+            (another encoder, weights or resolution): refused otherwise.
         on_progress: advanced by the number of episodes finished (this rank's, under torchrun).
         device: ``cpu``, ``cuda`` or ``cuda:i``; under torchrun ``cuda`` is the local rank's GPU.
     Returns:
@@ -274,7 +277,14 @@ def evaluate(
     device = str(d.device(device))
     store = FeatureStore.open(store_path(recipe.features.cache_dir, split))
     head, ckpt = load_eval_head(
-        recipe, store.dim, head_name=head_name, checkpoint=checkpoint, device=device, trust=trust
+        recipe,
+        store.dim,
+        head_name=head_name,
+        checkpoint=checkpoint,
+        device=device,
+        trust=trust,
+        store=store,
+        allow_other_features=allow_other_features,
     )
     start = time.perf_counter()
     plan = plan_episodes(

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..features.store import FeatureStore, check_provenance
 from ..models.base import FewShotHead
 from ..recipe import Recipe
 
@@ -43,10 +44,14 @@ def load_eval_head(
     checkpoint: str | Path | None = None,
     device: str = "cpu",
     trust: bool = False,
+    store: FeatureStore | None = None,
+    allow_other_features: bool = False,
 ) -> tuple[FewShotHead, str | None]:
     """The head to evaluate: from a checkpoint (fsar's or the reference's) or a baseline.
 
     Args:
+        store: the store to evaluate on: refused if an fsar checkpoint recorded other features
+            (encoder, weights SHA-256, resolution) unless ``allow_other_features``.
         dim: the store's feature width D (the head must match it).
         head_name: the head to build; default the checkpoint's head, else ``recipe.model.head``.
         checkpoint: a run folder or a checkpoint file; required for trainable heads.
@@ -68,7 +73,14 @@ def load_eval_head(
         return head.to(device).eval(), None
     path = resolve_checkpoint(checkpoint)
     try:
-        head, _extra = load_head_checkpoint(path, trust=trust)
+        head, extra = load_head_checkpoint(path, trust=trust)
+        if store is not None:  # features of another encoder with the same width score wrongly
+            check_provenance(
+                extra.get("features"),
+                store,
+                what=f"checkpoint {str(path)!r}",
+                allow=allow_other_features,
+            )
     except CheckpointError as own:
         try:
             head, tower, _info = load_reference_checkpoint(path, trust=trust)

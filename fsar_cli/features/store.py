@@ -44,6 +44,9 @@ __all__ = [
     "write_settings_once",
     "acquire_lock",
     "recover_store",
+    "provenance",
+    "check_provenance",
+    "PROVENANCE_KEYS",
 ]
 
 STORE_FORMAT = "fsar-features/1"
@@ -324,3 +327,63 @@ def recover_store(store_dir: Path) -> None:
                 os.replace(stale, store_dir)  # crashed between the renames: put the work back
             else:
                 shutil.rmtree(stale, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- provenance
+#: What makes two stores' features comparable: the same encoder, the same weights, the same images.
+PROVENANCE_KEYS = ("encoder", "weights_sha256", "resize", "crop", "num_frames")
+
+
+def provenance(meta: dict[str, Any]) -> dict[str, Any]:
+    """The feature provenance of a store's ``meta.json``: :data:`PROVENANCE_KEYS` and sampling.
+
+    Recorded in every checkpoint and run summary, so that features of another encoder or other
+    weights (same width, silently wrong numbers) are refused by :func:`check_provenance`.
+    """
+    out = {k: meta.get(k) for k in PROVENANCE_KEYS}
+    out["sampling"] = meta.get("sampling")
+    out["split"] = meta.get("split")
+    return out
+
+
+def check_provenance(
+    recorded: dict[str, Any] | None,
+    store: FeatureStore,
+    *,
+    what: str,
+    allow: bool = False,
+    keys: tuple[str, ...] = PROVENANCE_KEYS,
+) -> None:
+    """Refuse ``store`` if its features are not those ``recorded`` (by ``what``) was made with.
+
+    Args:
+        recorded: the provenance a checkpoint or run recorded; None (made by an older fsar) is
+            accepted with a warning.
+        store: the store about to be used.
+        what: the checkpoint or run, for the message.
+        allow: the user knows (``--allow-other-features``): log the difference, do not refuse.
+        keys: what must agree (``sampling`` only within one split).
+    """
+    import logging
+
+    log = logging.getLogger(__name__)
+    if not recorded:
+        log.warning(
+            "%s records no feature provenance (older fsar): cannot check that %s holds the "
+            "features it was made with",
+            what,
+            store.path,
+        )
+        return
+    now = provenance(store.meta)
+    diff = [k for k in keys if k in recorded and recorded.get(k) != now.get(k)]
+    if not diff:
+        return
+    shown = ", ".join(f"{k} {recorded.get(k)!r} there, {now.get(k)!r} in the store" for k in diff)
+    if allow:
+        log.warning("%s: other features than it was made with (%s); allowed", what, shown)
+        return
+    raise CacheError(
+        f"{what} was made with other features than {store.path} holds: {shown}; use the cache it "
+        "was made with (features.cache_dir), or pass --allow-other-features if this is deliberate"
+    )

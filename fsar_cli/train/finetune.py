@@ -186,6 +186,7 @@ def finetune_train(
     on_progress: ProgressFn | None = None,
     max_steps: int | None = None,
     argv: list[str] | None = None,
+    allow_other_features: bool = False,
 ) -> TrainResult:
     """Fine-tune the CLIP visual tower and the recipe's head end to end, from frames.
 
@@ -199,6 +200,8 @@ def finetune_train(
         on_progress: ``on_progress(n, total=, label=)`` after every optimiser step.
         max_steps: stop after this many completed steps (the schedule still spans ``train.steps``).
         argv: command line recorded in ``resolved_recipe.yaml``.
+        allow_other_features: accepted for symmetry with ``meta_train`` (fine-tuning encodes
+            frames itself, so there is no feature store to check).
     Returns:
         :class:`fsar_cli.train.loop.TrainResult` (also written to ``summary.json``).
     Raises:
@@ -214,4 +217,5 @@ def finetune_train(
         argv=argv,
         max_steps=max_steps,
         on_progress=on_progress,
+        allow_other_features=allow_other_features,
     )

@@ -40,6 +40,7 @@ import torch
 from .. import distributed
 from ..evaluation.batched import sharded_accuracies
 from ..evaluation.metrics import mean_and_ci95
+from ..features.store import provenance
 from ..models import save_head_checkpoint
 from ..progress import ProgressFn
 from ..recipe import Recipe
@@ -73,6 +74,8 @@ class FrozenMode:
         self.sel_split = su.sel_split
         self.encoder = str(su.train_store.meta.get("encoder", "?"))
         self.encoder_random = bool(su.train_store.meta.get("encoder_random", False))
+        self.provenance = provenance(su.train_store.meta)  # recorded in last.pt, best.pt, summary
+        self.train_store = su.train_store
         self.best_state: dict[str, torch.Tensor] | None = None  # rank 0: weights of best.pt
 
     def begin(self, start: int, stop: int, lo: int, hi: int) -> None:
@@ -155,6 +158,7 @@ def meta_train(
     max_steps: int | None = None,
     argv: list[str] | None = None,
     micro_batch: int | None = None,
+    allow_other_features: bool = False,
 ) -> TrainResult:
     """Meta-train ``recipe.model.head`` on the recipe's cached train split.
 
@@ -168,6 +172,8 @@ def meta_train(
             ``train.steps``); continue later with ``resume``.
         argv: command line recorded in ``resolved_recipe.yaml``.
         micro_batch: episodes per forward/backward (memory bound only; None = all of a step).
+        allow_other_features: resume although the train store's provenance (encoder, weights,
+            resolution, sampling) differs from the one the run recorded.
     Returns:
         :class:`TrainResult`; files as described in :mod:`.runs` and :mod:`.loop`.
     Raises:
@@ -184,4 +190,5 @@ def meta_train(
         argv=argv,
         max_steps=max_steps,
         on_progress=on_progress,
+        allow_other_features=allow_other_features,
     )

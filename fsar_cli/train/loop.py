@@ -32,6 +32,7 @@ from torch import nn
 
 from .. import distributed, locks
 from ..errors import TrainError
+from ..features.store import PROVENANCE_KEYS, check_provenance
 from ..models.base import FewShotHead
 from ..progress import ProgressFn
 from ..recipe import Recipe
@@ -161,6 +162,7 @@ def train_run(
     argv: list[str] | None,
     max_steps: int | None,
     on_progress: ProgressFn | None,
+    allow_other_features: bool = False,
 ) -> TrainResult:
     """Check the settings, the device and the run folder, build the mode, run the loop."""
     d = distributed.init(device)
@@ -182,6 +184,7 @@ def train_run(
             argv=argv,
             max_steps=max_steps,
             on_progress=on_progress,
+            allow_other_features=allow_other_features,
         )
     raise AssertionError("unreachable")  # pragma: no cover (for type checkers)
 
@@ -197,6 +200,7 @@ def run_loop(
     argv: list[str] | None,
     max_steps: int | None,
     on_progress: ProgressFn | None,
+    allow_other_features: bool = False,
 ) -> TrainResult:
     """Train ``mode`` in the run folder ``run`` (already checked with :meth:`RunDir.check`)."""
     cfg = recipe.train
@@ -214,6 +218,15 @@ def run_loop(
     best: dict[str, Any] = {"acc": None, "ci95": None, "step": None}
     final_val: tuple[float, float] | None = None
     state = d.on_main(run.load_state) if resume else None  # read by rank 0, sent to all
+    features = getattr(mode, "provenance", None)  # frozen mode: the train store's provenance
+    if state is not None and features is not None:
+        check_provenance(
+            state.get("features"),
+            mode.train_store,  # type: ignore[attr-defined]
+            what=f"run {str(run.path)!r} (last.pt)",
+            allow=allow_other_features,
+            keys=(*PROVENANCE_KEYS, "sampling"),
+        )
     if state is not None:
         if state.get("mode", "frozen") != mode.name:
             raise TrainError(
@@ -259,7 +272,9 @@ def run_loop(
             if best["acc"] is None or acc > best["acc"]:
                 best = {"acc": acc, "ci95": ci, "step": done}
                 if d.is_main:
-                    mode.save_best(run, _best_info(best, recipe, sel_label))
+                    mode.save_best(
+                        run, {**_best_info(best, recipe, sel_label), "features": features}
+                    )
             log.info(
                 "step %d: loss %.4f, %s acc %.4f ± %.4f", done, last_loss, mode.sel_split, acc, ci
             )
@@ -282,6 +297,7 @@ def run_loop(
                         "final_val": list(final_val) if final_val else None,
                         "seconds": time.perf_counter() - t0,
                         "last_loss": last_loss,
+                        "features": features,
                     }
                 )
         if progress is not None:
@@ -317,6 +333,7 @@ def run_loop(
                 "dataset": recipe.dataset,
                 "mode": mode.name,
                 **mode.summary(),
+                "features": features,
                 "episodes_per_step": E,
                 "world_size": d.world,
                 "episode": {"n_way": cfg.n_way, "k_shot": cfg.k_shot, "n_query": cfg.n_query},
