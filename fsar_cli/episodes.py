@@ -221,18 +221,45 @@ def save_episodes(
 
 
 def load_episodes(
-    path: str | Path, keys: list[str], usable: np.ndarray | None = None
+    path: str | Path,
+    keys: list[str],
+    usable: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
 ) -> tuple[EpisodeBatch, dict[str, Any]]:
-    """Read an episode list written by :func:`save_episodes` and map its keys to store rows."""
+    """Read an episode list written by :func:`save_episodes` and map its keys to store rows.
+
+    Every slot is checked: the video is in the store (and has features, given ``usable``), is of
+    its slot's class (given ``labels``), appears once per episode (no support/query overlap), and
+    every slot holds ``k_shot`` / ``n_query`` videos of ``n_way`` distinct classes.
+    """
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EpisodeError(f"{path}: cannot read episode list ({exc})") from None
-    if doc.get("format") != EPISODES_FORMAT:
-        raise EpisodeError(f"{path}: not an fsar episode list (format {doc.get('format')!r})")
+    if not isinstance(doc, dict) or doc.get("format") != EPISODES_FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise EpisodeError(f"{path}: not an fsar episode list (format {found!r})")
+    try:
+        return _parse_episodes(path, doc, keys, usable, labels)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise EpisodeError(
+            f"{path}: malformed episode list ({type(exc).__name__}: {exc}); write it with "
+            "`fsar eval --save-episodes`"
+        ) from None
+
+
+def _parse_episodes(
+    path: Path,
+    doc: dict[str, Any],
+    keys: list[str],
+    usable: np.ndarray | None,
+    labels: np.ndarray | None,
+) -> tuple[EpisodeBatch, dict[str, Any]]:
     row_of = {k: i for i, k in enumerate(keys)}
     W, K, Q = int(doc["n_way"]), int(doc["k_shot"]), int(doc["n_query"])
+    if W < 2 or K < 1 or Q < 1:
+        raise EpisodeError(f"{path}: n_way {W}, k_shot {K}, n_query {Q}: need >= 2, >= 1, >= 1")
 
     def rows(groups: list[list[str]], per: int, e: int) -> list[int]:
         out = []
@@ -255,9 +282,36 @@ def load_episodes(
         return out
 
     eps = doc["episodes"]
+    if not isinstance(eps, list) or not eps:
+        raise EpisodeError(f"{path}: holds no episodes")
+    for e, ep in enumerate(eps):
+        if len(ep["classes"]) != W or len(set(ep["classes"])) != W:
+            raise EpisodeError(
+                f"{path}: episode {e} needs {W} distinct classes, has {ep['classes']}"
+            )
+        for part in ("support", "query"):
+            if len(ep[part]) != W:
+                raise EpisodeError(f"{path}: episode {e} has {len(ep[part])} {part} slots, not {W}")
     classes = np.array([ep["classes"] for ep in eps], dtype=np.int64).reshape(len(eps), W)
     s = np.array([rows(ep["support"], K, e) for e, ep in enumerate(eps)], dtype=np.int64)
     q = np.array([rows(ep["query"], Q, e) for e, ep in enumerate(eps)], dtype=np.int64)
+    for e in range(len(eps)):
+        used = np.concatenate([s[e], q[e]])
+        if len(set(used.tolist())) != len(used):  # support == query scores 100% for free
+            twice = [keys[r] for r in used if (used == r).sum() > 1][0]
+            raise EpisodeError(
+                f"{path}: episode {e} uses video {twice!r} twice (support and query must not "
+                "overlap)"
+            )
+        if labels is not None:
+            want = np.concatenate([np.repeat(classes[e], K), np.repeat(classes[e], Q)])
+            wrong = np.flatnonzero(labels[used] != want)
+            if len(wrong):
+                r = int(used[wrong[0]])
+                raise EpisodeError(
+                    f"{path}: episode {e} puts video {keys[r]!r} (class {int(labels[r])}) in a "
+                    f"slot of class {int(want[wrong[0]])}"
+                )
     batch = EpisodeBatch(W, K, Q, classes, s, q, np.zeros_like(s), np.zeros_like(q))
     info = {k: v for k, v in doc.items() if k != "episodes"}
     return batch, info

@@ -423,3 +423,83 @@ def test_old_checkpoint_without_provenance_is_accepted_with_a_warning(tmp_path: 
     res = _fsar("eval", path, "--checkpoint", tmp_path / "old.pt", "--no-record")
     assert res.exit_code == 0, res.output
     assert "no feature provenance" in " ".join(res.output.split())
+
+
+def test_split_files_duplicates_encodings_and_empty(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    split = tmp_path / "splits" / "test_few_shot.txt"
+    lines = split.read_text().splitlines()
+    split.write_text("\n".join([*lines, lines[0]]) + "\n")  # a duplicate line
+    for args in (
+        ("data", "check", recipe, "--split", "test"),
+        ("cache", recipe, "--split", "test"),
+    ):
+        res = _fsar(*args)
+        _one_line_error(res, f"{split}:{len(lines) + 1}", repr(lines[0].split("/", 1)[1]), "line 1")
+    assert not (tmp_path / "cache-tiny" / "test").exists()
+    split.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode())  # a UTF-8 BOM: accepted
+    from fsar_cli.data.splits import read_split
+
+    assert len(read_split(split, "test")) == len(lines)
+    split.write_bytes("\n".join(lines).encode() + b"\ntest0/caf\xe9\n")  # latin-1
+    res = _fsar("data", "check", recipe, "--split", "test")
+    _one_line_error(res, f"{split}:{len(lines) + 1}", "UTF-8")
+    split.write_text("\n\n")
+    res = _fsar("cache", recipe, "--split", "test")
+    _one_line_error(res, str(split), "no videos")
+
+
+def _saved_episodes(tmp_path: Path) -> tuple[Path, Path, dict[str, object]]:
+    recipe = _eval_recipe(tmp_path)
+    saved = tmp_path / "ep.json"
+    res = _fsar("eval", recipe, "--head", "proto", "--no-record", "--save-episodes", saved)
+    assert res.exit_code == 0, res.output
+    return recipe, saved, json.loads(saved.read_text())
+
+
+def test_episode_files_are_checked_slot_by_slot(tmp_path: Path) -> None:
+    recipe, saved, doc = _saved_episodes(tmp_path)
+    eps = doc["episodes"]  # type: ignore[index]
+    bad = tmp_path / "bad.json"
+
+    def refused(change: object, *names: str) -> None:
+        d = json.loads(json.dumps(doc))
+        change(d)  # type: ignore[operator]
+        bad.write_text(json.dumps(d))
+        res = _fsar("eval", recipe, "--head", "proto", "--no-record", "--episodes-file", bad)
+        _one_line_error(res, str(bad), *names)
+
+    def same_video(d: dict) -> None:  # every query equal to its support: "100%"
+        for ep in d["episodes"]:
+            ep["query"] = [[s[0]] * len(q) for s, q in zip(ep["support"], ep["query"], strict=True)]
+
+    def other_class(d: dict) -> None:  # a query of another class's video
+        ep = d["episodes"][0]
+        ep["query"][0][0] = ep["query"][1][0]
+        ep["query"][1][0] = eps[0]["query"][0][0]
+
+    refused(same_video, "twice", "overlap")
+    refused(other_class, "episode 0", "slot of class")
+    refused(lambda d: d["episodes"][0].pop("query"), "malformed", "query")
+    refused(lambda d: d["episodes"][0]["support"].pop(), "episode 0", "support slots")
+    refused(lambda d: d.update(n_way="five"), "malformed")
+    refused(lambda d: d.update(episodes=[]), "no episodes")
+    bad.write_text("[1, 2")
+    res = _fsar("eval", recipe, "--head", "proto", "--no-record", "--episodes-file", bad)
+    _one_line_error(res, str(bad), "cannot read")
+
+
+def test_zero_and_one_are_refused_not_defaulted(tmp_path: Path) -> None:
+    recipe = _eval_recipe(tmp_path)
+    for flag, value in (
+        ("--way", 0),
+        ("--way", 1),
+        ("--shot", 0),
+        ("--query", 0),
+        ("--episodes", 0),
+    ):
+        res = _fsar("eval", recipe, "--head", "proto", "--no-record", flag, value)
+        _one_line_error(res, f"{flag} {value}")
+        if flag != "--shot":  # bench: the same values
+            res = _fsar("bench", recipe, "--head", "proto", "--no-record", flag, value)
+            _one_line_error(res, f"{flag} {value}")

@@ -86,7 +86,7 @@ def read_split(
             f"split file {str(path)!r} does not exist; run `fsar splits download` or point "
             "`--splits` / $FSAR_SPLITS / recipe key data.split_dir at the folder holding it"
         )
-    lines = path.read_text().splitlines()
+    lines = _decode(path).splitlines()
     entries: list[SplitEntry] = []
     lookup = {normalise_name(n): i for i, n in enumerate(class_names) if n}
     first_seen: dict[str, int] = {}
@@ -116,7 +116,33 @@ def read_split(
         else:
             cid = first_seen.setdefault(norm, len(first_seen))
         entries.append(SplitEntry(split, cid, cls, rest, no))
+    if not entries:
+        raise DataError(
+            f"split file {str(path)!r} lists no videos (empty); fill it, or point data.split_dir "
+            "at the right folder"
+        )
+    seen: dict[str, int] = {}
+    dups = [(e, seen[e.key]) for e in entries if seen.setdefault(e.key, e.line_no) != e.line_no]
+    if dups:  # one video twice becomes support and query of one episode
+        e, first = dups[0]
+        raise DataError(
+            f"{path}:{e.line_no}: {e.key!r} repeats line {first} ({len(dups)} duplicate line(s)); "
+            "remove the duplicates (each video once per split)"
+        )
     return entries
+
+
+def _decode(path: Path) -> str:
+    """The text of a split file: UTF-8, a leading byte-order mark ignored."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: byte {data[exc.start : exc.start + 1]!r} is not UTF-8; save the split "
+            "file as UTF-8"
+        ) from None
 
 
 def split_file(recipe: Recipe, split: str) -> Path:

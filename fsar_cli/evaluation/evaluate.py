@@ -146,9 +146,16 @@ def plan_episodes(
     """The episodes to score: a saved list (checked against the store and any given counts) or
     seeded sampling with the given protocol (None = the recipe's ``eval`` value)."""
     ev = recipe.eval
+    dup = store.index["key"].astype(str)
+    dup = dup[dup.duplicated()]
+    if len(dup):  # one video twice can be support and query of one episode
+        raise EpisodeError(
+            f"{store.path} lists video {dup.iloc[0]!r} more than once ({len(dup)} duplicate(s)); "
+            "remove the duplicate lines from the split file and rerun `fsar cache`"
+        )
     if episodes_file is not None:
         keys = store.index["key"].astype(str).tolist()
-        whole, info = load_episodes(episodes_file, keys, store.usable)
+        whole, info = load_episodes(episodes_file, keys, store.usable, store.labels)
         for what, given, have in (
             ("way", n_way, whole.n_way),
             ("shot", k_shot, whole.k_shot),
