@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from fsar_cli.cli.app import app
 from fsar_cli.episodes import EpisodeBatch, EpisodeSampler
-from fsar_cli.errors import CacheError, CheckpointError, EpisodeError
+from fsar_cli.errors import CacheError, CheckpointError, EpisodeError, FsarError
 from fsar_cli.evaluation.batched import (
     episode_accuracies,
     episode_logits,
@@ -229,7 +229,7 @@ def test_results_database_round_trip_and_atomic(tmp_path: Path) -> None:
         conn.execute(
             "CREATE TRIGGER boom BEFORE INSERT ON episode_accs BEGIN SELECT RAISE(ABORT, 'x'); END"
         )
-    with pytest.raises(sqlite3.DatabaseError):
+    with pytest.raises(FsarError, match="refused the new row"):  # one line, not a traceback
         rdb.add(res.fields(), res.accuracies)
     assert len(rdb.query()) == 1
 

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..errors import DataError
 from .console import cli_errors, console, err_console, progress
 from .options import OverrideOpt, SplitsOpt
 
@@ -57,6 +58,11 @@ def extract(
     from ..recipe import SPLITS, load_recipe, write_resolved
 
     with cli_errors():
+        if recipe is not None and input_dir is None and Path(recipe).is_dir():
+            raise DataError(
+                f"{recipe!r} is a folder, not a recipe: to extract every video under it, run "
+                f"`fsar extract --input {recipe} --out {out}`"
+            )
         if (recipe is None) == (input_dir is None):
             raise typer.BadParameter("give either a RECIPE or --input DIR (exactly one)")
         if fps is not None and num_frames is not None:

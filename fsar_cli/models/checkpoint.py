@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,9 +76,13 @@ def _torch_load(path: Path, trust: bool) -> Any:
     except pickle.UnpicklingError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         detail = next(
-            (ln for ln in lines if ln.startswith("Unsupported")), lines[-1] if lines else ""
+            (ln for ln in lines if "nsupported" in ln and "GLOBAL" in ln.upper()),
+            lines[-1] if lines else "",
         )
-        if not trust and "Unsupported global" in detail:
+        refused = re.search(r"GLOBAL\s+([\w.]+)", detail, flags=re.IGNORECASE)
+        if refused:  # name what was refused: posix.system is not the same as a numpy dtype
+            detail = f"it would call {refused.group(1)}"
+        if not trust and ("nsupported" in detail or refused):
             raise CheckpointError(
                 f"{path} cannot be read with torch.load(weights_only=True): it stores Python "
                 f"objects that only arbitrary unpickling can rebuild ({detail}). Unpickling can "

@@ -99,7 +99,7 @@ def _wait_politely(path: Path, conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_S * 1000)}")
 
 
-def _db_error(path: Path, exc: sqlite3.DatabaseError) -> FsarError:
+def _db_error(path: Path, exc: sqlite3.DatabaseError, opening: bool = True) -> FsarError:
     """One line for what went wrong with a results database, and what to do about it."""
     text = str(exc)
     if "locked" in text or "busy" in text:
@@ -111,6 +111,11 @@ def _db_error(path: Path, exc: sqlite3.DatabaseError) -> FsarError:
         return FsarError(
             f"results database {str(path)!r} cannot be written ({text}); check its permissions "
             "and its folder's, or pass another --db"
+        )
+    if not opening:
+        return FsarError(
+            f"results database {str(path)!r} refused the new row ({text}); nothing was written: "
+            "pass another --db"
         )
     return FsarError(
         f"{str(path)!r} is not a usable results database ({text}: corrupt, or not SQLite); move "
@@ -217,7 +222,7 @@ class ResultsDB:
                     (eval_id, len(accs), accs.tobytes()),
                 )
         except sqlite3.DatabaseError as exc:
-            raise _db_error(self.path, exc) from None
+            raise _db_error(self.path, exc, opening=False) from None
         finally:
             conn.close()
         log.debug("recorded eval %d in %s", eval_id, self.path)
