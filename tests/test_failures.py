@@ -503,3 +503,68 @@ def test_zero_and_one_are_refused_not_defaulted(tmp_path: Path) -> None:
         if flag != "--shot":  # bench: the same values
             res = _fsar("bench", recipe, "--head", "proto", "--no-record", flag, value)
             _one_line_error(res, f"{flag} {value}")
+
+
+# ---------------------------------------------------------------- 2. kill -9 at random points
+
+
+def _cli(*args: object) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "FSAR_NO_PROGRESS": "1"}
+    cmd = [sys.executable, "-m", "fsar_cli", *map(str, args)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_cache_and_train_survive_kill_9_at_random_points(tmp_path: Path) -> None:
+    """Seeded random SIGKILLs during `fsar cache` and `fsar train`; reruns give the same bytes."""
+    import random
+    import time
+
+    from test_train import make_recipe
+
+    rng = random.Random(14)
+
+    def killed_then_finished(args: tuple[object, ...], seconds: float, kills: int = 3) -> int:
+        killed = 0
+        for _ in range(kills):
+            proc = _cli(*args)
+            time.sleep(rng.uniform(0.2, seconds))
+            if proc.poll() is None:
+                proc.kill()
+                killed += 1
+            proc.wait()
+        proc = _cli(*args)
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()  # type: ignore[union-attr]
+        return killed
+
+    # cache: an uninterrupted reference, then the same into another folder, killed and rerun
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    t0 = time.monotonic()
+    proc = _cli("cache", tiny_recipe(ref), "--split", "test", "--device", "cpu")
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()  # type: ignore[union-attr]
+    seconds = time.monotonic() - t0
+    run = tmp_path / "killed"
+    run.mkdir()
+    killed = killed_then_finished(
+        ("cache", tiny_recipe(run), "--split", "test", "--device", "cpu"), seconds
+    )
+    assert killed >= 1, "no kill landed inside a run"
+    assert _store_bytes(run / "cache-tiny" / "test") == _store_bytes(ref / "cache-tiny" / "test")
+    # train: killed at random steps, resumed with --resume, ends with the uninterrupted weights
+    recipe = make_recipe(tmp_path / "train")
+    t0 = time.monotonic()
+    proc = _cli("train", recipe, "--out", tmp_path / "clean-run")
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()  # type: ignore[union-attr]
+    seconds = time.monotonic() - t0
+    out = tmp_path / "killed-run"
+    proc = _cli("train", recipe, "--out", out, "--steps", 1)
+    assert proc.wait(timeout=300) == 0
+    killed_then_finished(("train", recipe, "--out", out, "--resume"), seconds, kills=2)
+    a = torch.load(out / "last.pt", weights_only=True)["model_state"]
+    b = torch.load(tmp_path / "clean-run" / "last.pt", weights_only=True)["model_state"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    from fsar_cli.train.runs import MetricsLog
+
+    steps = [int(r["step"]) for r in MetricsLog.read(out / "metrics.csv")]
+    assert steps == list(range(1, steps[-1] + 1))  # no duplicate or missing rows
