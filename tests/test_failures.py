@@ -568,3 +568,76 @@ def test_cache_and_train_survive_kill_9_at_random_points(tmp_path: Path) -> None
 
     steps = [int(r["step"]) for r in MetricsLog.read(out / "metrics.csv")]
     assert steps == list(range(1, steps[-1] + 1))  # no duplicate or missing rows
+
+
+def test_nan_features_and_nan_weights_are_named(tmp_path: Path) -> None:
+    from test_train import make_recipe
+
+    from fsar_cli.models import create_head, save_head_checkpoint
+    from fsar_cli.recipe import load_recipe
+
+    path = make_recipe(tmp_path, test=True)
+    head = create_head("clipfsar", 32, load_recipe(path).model)
+    with torch.no_grad():
+        next(iter(head.parameters())).fill_(float("nan"))
+    save_head_checkpoint(tmp_path / "nan.pt", head, {})
+    res = _fsar("eval", path, "--checkpoint", tmp_path / "nan.pt", "--no-record")
+    _one_line_error(res, str(tmp_path / "nan.pt"), "NaN")
+    store = tmp_path / "cache" / "test"
+    feats = np.load(store / "features.npy")
+    feats[3] = np.nan
+    np.save(store / "features.npy", feats)
+    res = _fsar("eval", path, "--head", "proto", "--no-record")
+    _one_line_error(res, "features.npy", "row 3", "NaN")
+
+
+def test_damaged_store_files_are_one_line(tmp_path: Path) -> None:
+    recipe = _eval_recipe(tmp_path)
+    store = tmp_path / "cache" / "test"
+    args = ("eval", recipe, "--head", "proto", "--no-record")
+    feats = (store / "features.npy").read_bytes()
+    (store / "features.npy").write_bytes(feats[: len(feats) // 2])  # truncated
+    _one_line_error(_fsar(*args), "features.npy", "unreadable")
+    (store / "features.npy").write_bytes(feats)
+    (store / "text.npy").rename(store / "text.moved")
+    _one_line_error(_fsar(*args), "text.npy", "missing")
+    (store / "text.moved").rename(store / "text.npy")
+    meta = (store / "meta.json").read_text()
+    (store / "meta.json").write_text(meta[:20])
+    _one_line_error(_fsar(*args), "meta.json", "unreadable")
+    (store / "meta.json").write_text(meta)
+    if os.geteuid() != 0:  # root reads anything: the permission case needs a normal user
+        (store / "index.csv").chmod(0)
+        _one_line_error(_fsar(*args), "index.csv", "permission denied")
+        (store / "index.csv").chmod(0o644)
+    assert _fsar(*args).exit_code == 0
+
+
+def test_recipe_values_and_devices_are_one_line(tmp_path: Path) -> None:
+    recipe = _eval_recipe(tmp_path)
+    args = ("eval", recipe, "--head", "proto", "--no-record")
+    for key, value in (
+        ("train.lr", "-1"),
+        ("train.lambda_vt", "-0.5"),
+        ("model.dropout", "1.5"),
+        ("features.prompt", "no-braces"),
+        ("eval.shots", "[]"),
+        ("features.views.test", "0"),
+    ):
+        _one_line_error(_fsar(*args, "--set", f"{key}={value}"), key)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    _one_line_error(_fsar("eval", empty, "--head", "proto"), str(empty))
+    _one_line_error(_fsar(*args, "--device", "tpu"), "tpu")
+    if not torch.cuda.is_available():
+        _one_line_error(_fsar(*args, "--device", "cuda"), "cuda")
+    _one_line_error(_fsar(*args, "--seed", "-1"), "-1")
+    d = tmp_path / "videos"
+    d.mkdir()
+    _one_line_error(_fsar("extract", d, "--out", tmp_path / "f"), str(d), "--input")
+
+
+def test_brackets_in_names_are_shown_not_eaten(tmp_path: Path) -> None:
+    name = tmp_path / "[weird] name.yaml"
+    res = _fsar("eval", name)
+    _one_line_error(res, "[weird] name.yaml")

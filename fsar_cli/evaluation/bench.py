@@ -119,6 +119,7 @@ def run_bench(
         ("--way", n_way, 2),
         ("--query", n_query, 1),
         ("--episodes", episodes, 1),
+        ("--seed", seed, 0),
     ):  # 0 is a value, not "the recipe's default"
         if value is not None and value < least:
             raise RecipeError(f"{flag} {value}: must be at least {least}")

@@ -146,6 +146,7 @@ def plan_episodes(
     """The episodes to score: a saved list (checked against the store and any given counts) or
     seeded sampling with the given protocol (None = the recipe's ``eval`` value)."""
     ev = recipe.eval
+    store.check_finite()
     dup = store.index["key"].astype(str)
     dup = dup[dup.duplicated()]
     if len(dup):  # one video twice can be support and query of one episode
@@ -177,6 +178,8 @@ def plan_episodes(
     n = int(ev.episodes if episodes is None else episodes)
     _check_protocol(way, shot, query, n)
     seed = ev.seed if seed is None else seed
+    if seed < 0:
+        raise EpisodeError(f"--seed {seed}: episode seeds are integers >= 0")
     sampler = EpisodeSampler(
         store.labels,
         way,

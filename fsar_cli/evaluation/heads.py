@@ -104,6 +104,14 @@ def load_eval_head(
         # (model.merge_before, overridable with --set) decides
         log.info("merge_before %s -> %s (recipe)", head.merge_before, recipe.model.merge_before)
         head.merge_before = recipe.model.merge_before
+    bad = [
+        k for k, v in head.state_dict().items() if v.is_floating_point() and not v.isfinite().all()
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{path}: weights {bad[0]!r} hold NaN or infinite values ({len(bad)} tensor(s)); "
+            "the run diverged: evaluate another checkpoint (e.g. an earlier best.pt)"
+        )
     ckpt_dim = _head_dim(head)
     if ckpt_dim is not None and ckpt_dim != dim:
         raise CheckpointError(

@@ -229,6 +229,25 @@ class FeatureStore:
         parts = [f"{int(v)} {k}" for k, v in counts.items() if k != "ok"]
         return f"{bad} of {len(self.index)} listed videos lack features ({', '.join(parts)})"
 
+    def check_finite(self, chunk: int = 512) -> None:
+        """Raise :class:`CacheError` naming the first usable video whose features are NaN/inf
+        (they would score chance accuracy without a word); reads the store in chunks."""
+        usable = self.usable
+        for start in range(0, self.n_videos, chunk):
+            block = np.asarray(self.features[start : start + chunk])
+            bad = (
+                ~np.isfinite(block).reshape(len(block), -1).all(axis=1)
+                & usable[start:][: len(block)]
+            )
+            if bad.any():
+                row = start + int(np.flatnonzero(bad)[0])
+                key = self.index["key"].iloc[row]
+                raise CacheError(
+                    f"{self.path / 'features.npy'}: video {key!r} (row {row}) has NaN or infinite "
+                    f"features ({int(bad.sum())}+ such videos); re-cache it: move {self.path} "
+                    "away and rerun `fsar cache`"
+                )
+
     @property
     def n_missing(self) -> int:
         return int((self.index["status"] != "ok").sum())
