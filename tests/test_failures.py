@@ -641,3 +641,12 @@ def test_brackets_in_names_are_shown_not_eaten(tmp_path: Path) -> None:
     name = tmp_path / "[weird] name.yaml"
     res = _fsar("eval", name)
     _one_line_error(res, "[weird] name.yaml")
+
+
+def test_brackets_in_class_names_survive_tables(tmp_path: Path) -> None:
+    path = tiny_recipe(tmp_path)
+    doc = json.loads(path.read_text())
+    doc["data"]["classes"]["test"] = ["[pushing] something", "folding", None]
+    path.write_text(json.dumps(doc))
+    res = _fsar("data", "check", path, "--split", "test")
+    assert "[pushing] something" in res.output, res.output

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .console import cli_errors, console, progress
@@ -45,7 +46,8 @@ def _render(result: Any) -> None:
     console.print(table)
     for s in result.splits.values():
         for key, reason in s.failures:
-            console.print(f"[red]failed[/] {s.split}/{key}: {reason}", highlight=False)
+            text = escape(f"{s.split}/{key}: {reason}")  # [brackets] in names are not markup
+            console.print(f"[red]failed[/] {text}", highlight=False)
         if s.missing:
             console.print(
                 f"[yellow]{s.missing} {s.split} videos missing[/]: listed in "

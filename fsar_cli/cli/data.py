@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .console import cli_errors, console, err_console, progress
@@ -76,7 +77,9 @@ def check(
             if row.class_id < 0:  # the totals row
                 table.add_section()
             table.add_row(
-                f"[bold]{row.name}[/]" if row.class_id < 0 else f"{row.class_id} {row.name}",
+                f"[bold]{escape(row.name)}[/]"
+                if row.class_id < 0
+                else f"{row.class_id} {escape(str(row.name))}",
                 str(row.listed),
                 str(row.present),
                 f"[red]{row.missing}[/]" if row.missing else "0",
@@ -89,7 +92,8 @@ def check(
         return
     for p in result.problems[:10]:
         err_console.print(
-            f"[red]{p.status}[/] {p.split}:{p.line_no} {p.path}  {p.reason}", highlight=False
+            f"[red]{p.status}[/] {p.split}:{p.line_no} {escape(f'{p.path}  {p.reason}')}",
+            highlight=False,
         )
     if len(result.problems) > 10:
         err_console.print(f"... and {len(result.problems) - 10} more", highlight=False)

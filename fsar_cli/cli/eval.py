@@ -36,22 +36,22 @@ __all__ = ["register", "eval_command", "result_table"]
 
 def result_table(r: EvalResult, title: str = "fsar eval") -> Table:
     """The provenance table of one evaluation (METHOD.md section 6)."""
-    table = Table(title=f"{title}: {r.recipe}", show_header=False)
+    table = Table(title=f"{title}: {escape(r.recipe)}", show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
     table.add_row("accuracy", f"[bold green]{100 * r.mean:.2f} ± {100 * r.ci95:.2f} %[/] (95% CI)")
-    table.add_row("dataset / split", f"{r.dataset} / {r.split}")
+    table.add_row("dataset / split", escape(f"{r.dataset} / {r.split}"))
     table.add_row("protocol", f"{r.n_way}-way {r.k_shot}-shot, {r.n_query} query per class")
-    table.add_row("episodes", f"{r.n_episodes:,} ({r.episodes_source}), seed {r.seed}")
+    table.add_row("episodes", escape(f"{r.n_episodes:,} ({r.episodes_source}), seed {r.seed}"))
     table.add_row("head", r.head)
     table.add_row("encoder", encoder_text(r.encoder, r.encoder_random))
     table.add_row("sampling", r.sampling)
-    table.add_row("checkpoint", r.checkpoint or "none (untrained baseline)")
-    table.add_row("missing videos", f"[yellow]{r.missing}[/]" if r.missing else "none")
-    table.add_row("cache", r.store)
+    table.add_row("checkpoint", escape(r.checkpoint or "none (untrained baseline)"))
+    table.add_row("missing videos", f"[yellow]{escape(r.missing)}[/]" if r.missing else "none")
+    table.add_row("cache", escape(r.store))
     table.add_row("device / time", f"{r.device} / {r.elapsed_s:.1f} s")
     if r.eval_id is not None:
-        table.add_row("recorded", f"eval_id {r.eval_id} in {r.db}")
+        table.add_row("recorded", escape(f"eval_id {r.eval_id} in {r.db}"))
     return table
 
 

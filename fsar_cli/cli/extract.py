@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import DataError
@@ -105,7 +106,7 @@ def extract(
     console.print(table)
     if result.failed:
         for f in result.failed[:5]:
-            err_console.print(f"[red]failed[/] {f.path}: {f.reason}", highlight=False)
+            err_console.print(f"[red]failed[/] {escape(f'{f.path}: {f.reason}')}", highlight=False)
         if len(result.failed) > 5:
             err_console.print(f"... and {len(result.failed) - 5} more", highlight=False)
         err_console.print(f"failures listed in {result.failures_file}", highlight=False)
