@@ -606,7 +606,7 @@ def test_damaged_store_files_are_one_line(tmp_path: Path) -> None:
     (store / "meta.json").write_text(meta[:20])
     _one_line_error(_fsar(*args), "meta.json", "unreadable")
     (store / "meta.json").write_text(meta)
-    if os.geteuid() != 0:  # root reads anything: the permission case needs a normal user
+    if os.geteuid() != 0:  # root reads anything (the injected case: test_permission_error_...)
         (store / "index.csv").chmod(0)
         _one_line_error(_fsar(*args), "index.csv", "permission denied")
         (store / "index.csv").chmod(0o644)
@@ -650,3 +650,58 @@ def test_brackets_in_class_names_survive_tables(tmp_path: Path) -> None:
     path.write_text(json.dumps(doc))
     res = _fsar("data", "check", path, "--split", "test")
     assert "[pushing] something" in res.output, res.output
+
+
+def test_cache_refuses_a_frame_folder_with_a_gap(tmp_path: Path) -> None:
+    from conftest import TINY
+
+    from fsar_cli.features.store import FeatureStore
+
+    frames = tmp_path / "frames"
+    shutil.copytree(TINY / "test", frames / "test")
+    for folder in (frames / "test").glob("*/*"):
+        n = len(list(folder.glob("*.jpg")))
+        (folder / ".fsar-complete").write_text(json.dumps({"frames": n}))
+    gap = sorted((frames / "test").glob("test0/*"))[0]
+    (gap / "00000004.jpg").unlink()  # frames 5.. now pose as 4..
+    path = tiny_recipe(tmp_path)
+    doc = json.loads(path.read_text())
+    doc["data"]["frames_root"] = str(frames)
+    path.write_text(json.dumps(doc))
+    res = _fsar("cache", path, "--split", "test", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    index = FeatureStore.open(tmp_path / "cache-tiny" / "test").index.set_index("key")
+    row = index.loc[f"{gap.name}"]
+    assert row["status"] == "failed" and "marker says" in row["reason"], row
+    res = _fsar("data", "check", path, "--split", "test", "--frames", "--deep")
+    assert "marker says" in " ".join(res.output.split())
+
+
+class _Evil:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("touch PWNED",))
+
+
+def test_refused_pickle_names_what_it_would_call(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": _Evil()}, evil)
+    out = tmp_path / "out.pt"
+    res = _fsar("import-checkpoint", evil, out)
+    _one_line_error(res, str(evil), "posix.system", "--trust")
+    assert not out.exists() and not (tmp_path / "PWNED").exists()
+
+
+def test_permission_error_is_not_called_corrupt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pandas as pd
+
+    recipe = _eval_recipe(tmp_path)
+
+    def denied(path: object, *a: object, **k: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(pd, "read_csv", denied)
+    res = _fsar("eval", recipe, "--head", "proto", "--no-record")
+    text = _one_line_error(res, "index.csv", "permission denied", "chmod")
+    assert "corrupt" not in text and "unreadable" not in text

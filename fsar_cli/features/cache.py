@@ -74,6 +74,7 @@ import pandas as pd
 import torch
 
 from .. import __version__, distributed, locks
+from ..data.extract import read_marker
 from ..data.frames import FRAME_EXTS
 from ..data.preprocess import CLIP_MEAN, CLIP_STD, INTERPOLATION, ViewSpec, load_views
 from ..data.sources import locate
@@ -340,6 +341,7 @@ def _load(recipe: Recipe, plan: _Plan, row: int) -> _Loaded:
         rec.update(status="missing", reason=f"no {loc.kind} at {', '.join(map(str, tried[:3]))}")
         return _Loaded(rec, None)
     try:
+        _check_complete(source)
         frames, n = load_views(source, entry.key, plan.spec)
     except Exception as exc:  # DataError, cv2.error, OSError: the video is recorded as failed
         reason = str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
@@ -349,6 +351,22 @@ def _load(recipe: Recipe, plan: _Plan, row: int) -> _Loaded:
         return _Loaded(rec, None)
     rec["frames_available"] = n
     return _Loaded(rec, frames)
+
+
+def _check_complete(source: Path) -> None:
+    """A frame folder fsar extracted must still hold the frames its marker counted: a gap (a
+    deleted frame) shifts every later frame and is refused, as `fsar data check` does."""
+    if not source.is_dir():
+        return
+    marker = read_marker(source)
+    if marker is None:
+        return
+    n = sum(1 for p in source.iterdir() if p.suffix.lower() in FRAME_EXTS and p.is_file())
+    if marker.get("frames") != n:
+        raise DataError(
+            f"{source}: holds {n} frames but its extraction marker says {marker.get('frames')} "
+            "(frames were deleted or added); re-extract it with `fsar extract --overwrite`"
+        )
 
 
 def _prefetch(
