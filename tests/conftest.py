@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,15 @@ def _isolated_home(
     monkeypatch.setenv("FSAR_HOME", str(home))
     monkeypatch.setenv("FSAR_RESULTS_DB", str(home / "results.sqlite"))
     monkeypatch.setenv("FSAR_SPLITS", str(SHARED / "benchmarks"))
+    monkeypatch.delenv("FSAR_SPLITS_URL", raising=False)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: bitwise-repeatable CPU sums, and the count torchrun ranks use."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from fsar_cli.train.frozen import meta_train
 from fsar_cli.train.loop import TEST_LABEL, TrainResult
 from fsar_cli.train.runs import MetricsLog
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 # Tiny head; dropout stays at the reference's 0.2 / 0.05 so the torch RNG state matters on resume.
@@ -35,13 +34,7 @@ TRAIN = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: bitwise-repeatable CPU sums, and the same count as the subprocess."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_recipe(
@@ -171,6 +164,7 @@ def test_stop_and_resume_equals_uninterrupted(uninterrupted: tuple[Path, Path]) 
     assert_same_weights(a.state_dict(), b.state_dict())
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_equals_uninterrupted(uninterrupted: tuple[Path, Path]) -> None:
     recipe_path, ref = uninterrupted
     run = recipe_path.parent / "killed"

@@ -31,7 +31,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import clip
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 TINY = SHARED / "fixtures" / "ssv2_tiny"
 
@@ -255,6 +255,7 @@ def test_shards_read_as_one_store(
         parse_shard("4/4")
 
 
+@pytest.mark.slow
 def test_recovers_a_crash_inside_the_final_rename(
     reference: tuple[Path, Recipe], encoder: Encoder, tmp_path: Path
 ) -> None:
@@ -283,6 +284,7 @@ app(sys.argv[1:], prog_name="fsar")
 """
 
 
+@pytest.mark.slow
 def test_kill_and_resume_is_byte_identical(reference: tuple[Path, Recipe], tmp_path: Path) -> None:
     recipe_file = _recipe(tmp_path, "killed", batch_size=8)
     args = ["cache", str(recipe_file), "--split", "test", "--device", "cpu"]
