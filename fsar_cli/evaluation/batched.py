@@ -31,7 +31,7 @@ import torch
 from .. import distributed
 from ..episodes import EpisodeBatch
 from ..errors import CacheError, EpisodeError, FsarError
-from ..models.base import FewShotHead
+from ..models.base import FewShotHead, check_class_text
 from .metrics import accuracy
 
 __all__ = [
@@ -65,19 +65,6 @@ def _per_video_support(head: FewShotHead, k_shot: int) -> bool:
     if k_shot > 1 and bool(getattr(head, "merge_before", False)):
         return False
     return getattr(type(head), "encode_support", None) is not FewShotHead.encode_support
-
-
-def _check_text(head: FewShotHead, text: np.ndarray, classes: np.ndarray) -> None:
-    if not getattr(head, "uses_text", False):
-        return
-    used = np.unique(classes)
-    bad = used[np.isnan(np.asarray(text)[used]).any(axis=1)]
-    if len(bad):
-        raise CacheError(
-            f"head {getattr(head, 'name', '?')!r} needs class text but classes {bad[:5].tolist()} "
-            "have no text feature (unknown class name in the recipe); add the names under "
-            "data.classes and re-run `fsar cache`, or evaluate a head without text"
-        )
 
 
 def _encode_videos(
@@ -283,7 +270,7 @@ def episode_accuracies(
         raise TypeError(
             f"{type(head).__name__} lacks encode_query/prototypes/match (subclass FewShotHead)"
         )
-    _check_text(head, text, batch.classes)
+    check_class_text(head, text, batch.classes, error=CacheError)
     with _evaluating(head):
         t = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32)).to(device)
         step = max(1, min(int(chunk), _MATCH_BLOCK))
@@ -344,7 +331,7 @@ def sharded_accuracies(
     try:
         if b > a:
             batch = episodes(a, b)
-            _check_text(head, text, batch.classes)
+            check_class_text(head, text, batch.classes, error=CacheError)
             mine = episode_videos(batch, V)
     except FsarError as exc:
         error = exc
@@ -397,7 +384,7 @@ def episode_logits(
     Returns:
         float32 [E, W*Q, W]; column j is episode class j (``batch.classes[:, j]``).
     """
-    _check_text(head, text, batch.classes)
+    check_class_text(head, text, batch.classes, error=CacheError)
     with _evaluating(head):
         t = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32)).to(device)
         step = max(1, min(int(chunk), _MATCH_BLOCK))

@@ -8,21 +8,9 @@ crop for all frames of a view), normalised, and encoded by CLIP's image tower. R
 from (``features.seed``, split, video key, view) alone, so the result does not depend on order,
 worker count, sharding or resumption.
 
-Output, one folder per split, ``<features.cache_dir>/<split>/`` (format ``fsar-features/1``, see
-:mod:`fsar_cli.features.store`)::
-
-    features.npy  float16 [videos, views, T, D], one row per split-file line, in split-file order;
-                  rows of videos that are missing or fail to decode are all zeros
-    index.csv     row, key, video_id, class_id, class_name, source (the frame folder or video file),
-                  frames_available, status (ok | failed | missing), reason (why not ok)
-    text.npy      float32 [classes, D]: encode_text(tokenize(prompt.format(name))) per class of the
-                  split, not normalised; NaN rows for classes without a name
-    meta.json     encoder, encoder_random, encoder_label ("RANDOM WEIGHTS" for random encoders),
-                  weights_sha256, weights_path, precision, source, num_frames, num_views, sampling,
-                  crop_mode, resize, crop, mean, std, interpolation, seed, prompt, class_names,
-                  counts, recipe, dataset, fsar_version, torch_version, and ``settings`` (what a
-                  rerun is compared against)
-    resolved_recipe.yaml (one level up, in cache_dir): the recipe that made the cache
+Output: ``<features.cache_dir>/<split>/`` in the feature-store format (:mod:`.store`; its
+``meta.json`` also records ``settings``, what a rerun is compared against), and the recipe that
+made the cache as ``resolved_recipe.yaml`` in ``cache_dir``.
 
 Never mixed: a finished store or unfinished work made with different settings (encoder, weights,
 device precision, sampling, views, sizes, seed, prompt, class names, split entries) is refused with
