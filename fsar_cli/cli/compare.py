@@ -72,8 +72,10 @@ def compare_command(
     for _, r in frame.iterrows():
         diff = f"{r['diff']:+.2f} [{r['diff_low']:+.2f}, {r['diff_high']:+.2f}]"
         colour = "green" if r["diff_low"] > 0 else ("red" if r["diff_high"] < 0 else "yellow")
-        wtl = "-" if r["wins"] is None or r["wins"] != r["wins"] else (
-            f"{int(r['wins'])}/{int(r['ties'])}/{int(r['losses'])}"
+        wtl = (
+            "-"
+            if r["wins"] is None or r["wins"] != r["wins"]
+            else (f"{int(r['wins'])}/{int(r['ties'])}/{int(r['losses'])}")
         )
         table.add_row(
             f"{r['n_way']}w{r['k_shot']}s",

@@ -179,7 +179,9 @@ def _select(frame: pd.DataFrame, selector: str, db: Path) -> pd.DataFrame:
             try:
                 want = int(value)
             except ValueError:
-                raise FsarError(f"compare selector {selector!r}: shot {value!r} is not a number")
+                raise FsarError(
+                    f"compare selector {selector!r}: shot {value!r} is not a number"
+                ) from None
         rows = rows[rows[col] == want]
     if rows.empty:
         raise FsarError(f"{db}: no evaluation matches {selector!r}; see `fsar report`")
@@ -288,4 +290,3 @@ def _different_classes(rdb: ResultsDB, ea: int, eb: int) -> str | None:
     if not np.array_equal(rdb.predictions(ea).classes, rdb.predictions(eb).classes):
         return "same settings but different episode classes (a changed cache?)"
     return None
-

@@ -336,7 +336,6 @@ class ResultsDB:
             raise FsarError(f"{self.path}: no evaluation with eval_id {eval_id}")
         return np.frombuffer(row[1], dtype="<f8", count=int(row[0])).astype(np.float64)
 
-
     def predictions(self, eval_id: int) -> EpisodePredictions:
         """The per-query predictions of one evaluation (recorded by fsar after predictions were
         added to the database; older rows have none, which is an error naming the fix)."""
