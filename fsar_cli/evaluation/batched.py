@@ -245,6 +245,7 @@ def _fast_logits(
         if not per_video:
             protos = _prototypes(head, features, text, batch.slice(a, b), device)  # (e, W, T, D)
         else:
+            assert s_enc is not None and s_inv is not None
             se = _take(s_enc, s_inv[a:b])  # (e, W*K, T, D)
             protos = se.reshape(b - a, W, K, *se.shape[-2:])  # (e, W, K, T, D)
             protos = protos[:, :, 0] if K == 1 else protos.mean(dim=2)  # (e, W, T, D)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,16 @@ from .batched import (
 from .heads import load_eval_head
 from .metrics import mean_and_ci95
 
-__all__ = ["EvalResult", "EpisodePlan", "evaluate", "evaluate_shots", "plan_episodes", "record"]
+__all__ = [
+    "EvalResult",
+    "EpisodePlan",
+    "evaluate",
+    "evaluate_seeds",
+    "evaluate_shots",
+    "plan_episodes",
+    "record",
+    "seed_runs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +288,7 @@ def evaluate(
 
 def evaluate_shots(
     recipe: Recipe,
-    shots: list[int | None] | tuple[int | None, ...],
+    shots: Sequence[int | None],
     *,
     head_name: str | None = None,
     checkpoint: str | Path | None = None,
@@ -409,3 +419,40 @@ def evaluate_shots(
             record(result, plan, store, db=db, save_episodes=save_episodes)
         results.append(result)
     return results
+
+
+def seed_runs(checkpoint: str | Path | None) -> list[Path]:
+    """The ``seed-N`` run folders of a multi-seed training folder (``fsar train --seeds``),
+    in seed order; empty when ``checkpoint`` is a single run or file."""
+    if checkpoint is None:
+        return []
+    p = Path(checkpoint).expanduser()
+    if not p.is_dir() or (p / "best.pt").is_file() or (p / "last.pt").is_file():
+        return []
+    runs = [q for q in p.glob("seed-*") if q.is_dir() and q.name[5:].isdigit()]
+    return sorted(runs, key=lambda q: int(q.name[5:]))
+
+
+def evaluate_seeds(
+    recipe: Recipe,
+    *,
+    checkpoint: str | Path | None = None,
+    shots: Sequence[int | None] = (None,),
+    **kwargs: Any,
+) -> list[EvalResult]:
+    """:func:`evaluate_shots` of a checkpoint, or of every ``seed-N`` run of a multi-seed
+    training folder, each on the same episodes (same seed and protocol); results in seed order,
+    then shot order. Other arguments as :func:`evaluate_shots`."""
+    runs = seed_runs(checkpoint)
+    if not runs:
+        return evaluate_shots(recipe, shots, checkpoint=checkpoint, **kwargs)
+    if kwargs.get("save_episodes") is not None:
+        raise EpisodeError(
+            f"--save-episodes with {len(runs)} seed runs in {checkpoint}: save the list from one "
+            "run (pass its seed-N folder)"
+        )
+    out: list[EvalResult] = []
+    for run in runs:
+        log.info("evaluating %s", run)
+        out.extend(evaluate_shots(recipe, shots, checkpoint=run, **kwargs))
+    return out
