@@ -84,8 +84,10 @@ def test_plot_classes_matches_predictions(filled: tuple[Path, Path]) -> None:
     )
     conf = res.extra["confusion"]
     np.testing.assert_allclose(np.diag(conf.to_numpy()), res.data["accuracy"].to_numpy())
-    assert list(conf.index)[0] == res.data.iloc[0]["class_name"] == "class " + str(
-        res.data.iloc[0]["class_id"]
+    assert (
+        list(conf.index)[0]
+        == res.data.iloc[0]["class_name"]
+        == "class " + str(res.data.iloc[0]["class_id"])
     )
 
 
@@ -104,7 +106,7 @@ def test_plot_training_reads_metrics(tmp_path: Path) -> None:
         run = tmp_path / "runs" / f"seed-{i}"
         run.mkdir(parents=True)
         steps = np.arange(1, 21)
-        frame = pd.DataFrame({c: np.nan for c in METRICS_COLUMNS}, index=steps - 1)
+        frame = pd.DataFrame(dict.fromkeys(METRICS_COLUMNS, np.nan), index=steps - 1)
         frame["step"] = steps
         frame["loss"] = 2.0 / steps + i
         frame["ce_fewshot"] = 1.0 / steps
@@ -130,9 +132,7 @@ def test_cli_plots_and_report_predictions(filled: tuple[Path, Path], tmp_path: P
         assert res.exit_code == 0, res.output
         assert out.read_bytes()[:8] == PNG
     csv = tmp_path / "preds.csv"
-    res = runner.invoke(
-        app, ["report", "--predictions", "1", "--db", str(db), "--out", str(csv)]
-    )
+    res = runner.invoke(app, ["report", "--predictions", "1", "--db", str(db), "--out", str(csv)])
     assert res.exit_code == 0, res.output
     frame = pd.read_csv(csv)
     assert len(frame) == 40 * 5 and frame["class_name"].str.startswith("class ").all()
