@@ -325,24 +325,16 @@ def plot_training(runs: list[str | Path], out: str | Path) -> PlotResult:
         val = m.dropna(subset=["val_acc"])
         if len(val):
             acc = 100 * val["val_acc"]
-            ax_val.plot(val["step"], acc, marker=".", color=c, label=str(name))
+            best = val.loc[val["val_acc"].idxmax()]
+            label = f"{name} (best {100 * best['val_acc']:.2f}% @ step {int(best['step'])})"
+            ax_val.plot(val["step"], acc, marker=".", color=c, label=label)
             if "val_ci95" in val:
                 ci = 100 * val["val_ci95"].fillna(0)
                 ax_val.fill_between(val["step"], acc - ci, acc + ci, color=c, alpha=0.15)
-            best = val.loc[val["val_acc"].idxmax()]
             ax_val.plot(
                 best["step"], 100 * best["val_acc"], marker="*", markersize=14, color=c,
                 markeredgecolor="black", linestyle="none",
             )  # fmt: skip
-            ax_val.annotate(
-                f"best {100 * best['val_acc']:.1f}% @ {int(best['step'])}",
-                (best["step"], 100 * best["val_acc"]),
-                textcoords="offset points",
-                xytext=(0, -16 - 11 * i),
-                ha="center",
-                fontsize=8,
-                color=c,
-            )
     ax_loss.set_title("training loss (moving average)", fontsize=10)
     ax_lr.set_title("learning rate", fontsize=10)
     split = data["val_split"].dropna().iloc[0] if data["val_split"].notna().any() else "val"
@@ -350,10 +342,11 @@ def plot_training(runs: list[str | Path], out: str | Path) -> PlotResult:
     for ax in axes:
         ax.set_xlabel("optimiser step")
         ax.grid(alpha=0.3)
-    ax_loss.legend(fontsize=7, loc="upper right")
-    ax_lr.legend(fontsize=7, loc="best")
+    below = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.16), "fontsize": 8}
+    ax_loss.legend(ncol=2, frameon=False, **below)  # under the axes: never over the curves
+    ax_lr.legend(frameon=False, **below)
     if ax_val.get_legend_handles_labels()[0]:
-        ax_val.legend(fontsize=7, loc="lower right")
+        ax_val.legend(frameon=False, **below)
     fig.suptitle(f"Training: {', '.join(dict.fromkeys(names))}", fontsize=10)
     fig.tight_layout()
     return PlotResult(_save(fig, path), data)
