@@ -84,7 +84,7 @@ def compare_command(
             f"{r['acc_b']:.2f}",
             f"[{colour}]{diff}[/]",
             wtl,
-            f"{r['p_value']:.2g}",
+            f"{r['p_value']:.2g}" if r["p_value"] > 0 else "<1e-300",
         )
     console.print(table)
     ids = ", ".join(f"{int(r['eval_a'])} vs {int(r['eval_b'])}" for _, r in frame.iterrows())

@@ -216,31 +216,33 @@ def plot_classes(eval_id: int, out: str | Path, *, db: str | Path | None = None)
     label = list(per["class_name"])
     confusion = pd.DataFrame(conf, index=label, columns=label)
 
-    size = max(5.0, 0.32 * n + 2.5)
+    # Names label the rows of both panels; the confusion matrix's columns are numbered alike.
+    ticks = [f"{i + 1}. {name}" for i, name in enumerate(label)]
+    fs = 8 if n > 20 else 9
+    text_w = 0.075 * max(len(t) for t in ticks) * fs / 9  # inches of the longest row label
+    side = max(3.5, 0.36 * n + 1.0)  # the confusion matrix, square
     fig, (ax_bar, ax_cm) = plt.subplots(
-        1, 2, figsize=(2 * size + 2.0, size), gridspec_kw={"width_ratios": [1, 1.25]}
+        1,
+        2,
+        figsize=(2 * text_w + 4.0 + side + 1.2, side + 1.6),
+        gridspec_kw={"width_ratios": [4.0, side]},
+        layout="constrained",
     )
     y = np.arange(n)
     ax_bar.barh(y, per["accuracy"], color="tab:blue")
-    ax_bar.set_yticks(y, label, fontsize=8 if n > 20 else 9)
+    ax_bar.set_yticks(y, ticks, fontsize=fs)
     ax_bar.invert_yaxis()
     ax_bar.set_xlim(0, 100)
-    ax_bar.axvline(100 * float(r["acc_mean"]), color="black", linestyle="--", linewidth=1)
-    ax_bar.text(
-        100 * float(r["acc_mean"]),
-        -0.8,
-        f"mean {100 * float(r['acc_mean']):.1f}%",
-        ha="center",
-        va="bottom",
-        fontsize=8,
-    )
+    mean = 100 * float(r["acc_mean"])
+    ax_bar.axvline(mean, color="black", linestyle="--", linewidth=1, label=f"mean {mean:.1f}%")
+    ax_bar.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, frameon=False)
     ax_bar.set_xlabel("per-class accuracy (%)")
-    ax_bar.set_title("Per-class accuracy (queries of each true class)", fontsize=10, pad=14)
+    ax_bar.set_title("Per-class accuracy", fontsize=10)
     ax_bar.grid(axis="x", alpha=0.3)
     im = ax_cm.imshow(conf, cmap="Blues", vmin=0, vmax=100)
-    ax_cm.set_xticks(y, label, rotation=90, fontsize=8 if n > 20 else 9)
-    ax_cm.set_yticks(y, label, fontsize=8 if n > 20 else 9)
-    ax_cm.set_xlabel("predicted class")
+    ax_cm.set_xticks(y, [str(i + 1) for i in range(n)], fontsize=fs)
+    ax_cm.set_yticks(y, ticks, fontsize=fs)
+    ax_cm.set_xlabel("predicted class (numbered as the rows)")
     ax_cm.set_ylabel("true class")
     ax_cm.set_title("Confusion matrix (% of the true class's queries)", fontsize=10)
     if n <= 16:
@@ -265,7 +267,6 @@ def plot_classes(eval_id: int, out: str | Path, *, db: str | Path | None = None)
         f"seed {r['seed']}",
         fontsize=10,
     )
-    fig.tight_layout()
     return PlotResult(_save(fig, path), per, {"confusion": confusion})
 
 
