@@ -12,7 +12,22 @@ import os
 import typer
 
 from .. import __version__
-from . import bench, cache, data, demo, eval, extract, heads, recipes, report, splits, synth, train
+from . import (
+    bench,
+    cache,
+    compare,
+    data,
+    demo,
+    eval,
+    extract,
+    heads,
+    plot,
+    recipes,
+    report,
+    splits,
+    synth,
+    train,
+)
 from .console import console, setup_logging
 
 app = typer.Typer(
@@ -59,6 +74,8 @@ for _module in (
     eval,
     bench,
     report,
+    plot,
+    compare,
     synth,
     demo,
 ):
