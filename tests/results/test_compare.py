@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fsar_cli.testing import synthetic_store
 from typer.testing import CliRunner
 
 from fsar_cli.cli.app import app
 from fsar_cli.errors import EpisodeError, FsarError
 from fsar_cli.evaluation.evaluate import evaluate, evaluate_shots
+from fsar_cli.features.synthetic import synthetic_store
 from fsar_cli.recipe import load_recipe
 from fsar_cli.results.compare import compare, paired_stats, unpaired_stats
 from fsar_cli.results.db import EpisodePredictions, ResultsDB
