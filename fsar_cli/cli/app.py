@@ -12,7 +12,21 @@ import os
 import typer
 
 from .. import __version__
-from . import bench, cache, data, demo, eval, extract, heads, recipes, report, splits, synth, train
+from . import (
+    bench,
+    cache,
+    data,
+    demo,
+    eval,
+    extract,
+    heads,
+    predict,
+    recipes,
+    report,
+    splits,
+    synth,
+    train,
+)
 from .console import console, setup_logging
 
 app = typer.Typer(
@@ -57,6 +71,7 @@ for _module in (
     heads,
     train,
     eval,
+    predict,
     bench,
     report,
     synth,
