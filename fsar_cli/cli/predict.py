@@ -93,6 +93,7 @@ def predict_command(
     decode (it is listed; the others are predicted).
     """
     from .. import atomic
+    from ..errors import RecipeError
     from ..prediction import predict
     from ..recipe import load_recipe
 
@@ -100,7 +101,7 @@ def predict_command(
         cfg = None
         if recipe is not None or overrides:
             if recipe is None:
-                raise typer.BadParameter("--set needs --recipe")
+                raise RecipeError("--set needs --recipe NAME (the recipe it overrides)")
             cfg = load_recipe(recipe, overrides or [])
         with progress("predict") as advance:
             table = predict(
