@@ -280,3 +280,30 @@ def test_api_and_cli(tmp_path: Path, cached: tuple[Path, Recipe]) -> None:
         ],
     )
     assert res.exit_code == 1 and "does not exist" in res.output
+
+
+def test_data_import_writes_a_benchmark(tmp_path: Path) -> None:
+    from fsar_cli.data.splits import load_split
+    from fsar_cli.recipe import load_recipe
+
+    src = tmp_path / "mine"
+    for c in range(4):
+        for v in _videos(c)[:2]:
+            shutil.copytree(TINY / "test" / f"test{c}" / v, src / f"class_{c}" / v)
+    res = CliRunner().invoke(
+        app, ["data", "import", str(src), "--out", str(tmp_path / "bench"), "--test", "2"]
+    )
+    assert res.exit_code == 0, res.output
+    recipe = load_recipe(tmp_path / "bench" / "bench.yaml")
+    test = load_split(recipe, "test")
+    train = load_split(recipe, "train")
+    assert len(test) == 4 and len(train) == 4 and load_split(recipe, "val") == []
+    names = set(recipe.data.classes.test) | set(recipe.data.classes.train)
+    assert names == {f"class {c}" for c in range(4)}
+    from fsar_cli.data.sources import locate
+
+    assert all(locate(recipe, e).path is not None for e in test + train)
+    res = CliRunner().invoke(
+        app, ["data", "import", str(src), "--out", str(tmp_path / "x"), "--test", "4"]
+    )
+    assert res.exit_code == 1 and "classes" in res.output
