@@ -46,6 +46,8 @@ __all__ = [
     "sharded_scores",
     "episode_logits",
     "loop_episode_accuracies",
+    "class_prototypes",
+    "query_logits",
 ]
 
 _GROUP = 256  # sequences per encoder call: fixed, so an encoding never depends on the batch
@@ -511,6 +513,100 @@ def episode_logits(
         step = max(1, min(int(chunk), _MATCH_BLOCK))
         blocks = _fast_logits(head, features, t, batch, device, step)
         return np.concatenate([lg.float().cpu().numpy() for _, _, lg in blocks])
+
+
+def class_prototypes(
+    head: FewShotHead,
+    support: np.ndarray,
+    labels: np.ndarray,
+    text: np.ndarray,
+    *,
+    device: str = "cpu",
+) -> torch.Tensor:
+    """Prototypes of C classes from labelled support clips, as the fast evaluator builds them.
+
+    The arithmetic is the evaluator's (:func:`episode_logits`): per-video support encodings with
+    the video's own class text in the same fixed groups for 1-shot and merge-after heads, else
+    ``head.prototypes`` on the grouped shots. Classes may have different numbers of shots (each
+    class is then averaged on its own); with equal shots and class-major support order the
+    result is exactly that of an episode whose class ``c`` is column ``c``.
+
+    Args:
+        support: [S, T, D] support features (float16 as cached is fine).
+        labels: int64 [S], class index of each support clip (0..C-1, every class present).
+        text: float32 [C, D], text feature of each class.
+    Returns:
+        [C, T, D] prototypes on ``device``.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    C = len(text)
+    shots = np.bincount(labels, minlength=C)
+    if (shots == 0).any() or len(shots) != C:
+        raise EpisodeError(f"every class needs a support clip; shots per class: {shots.tolist()}")
+    check_class_text(head, text, np.arange(C), error=CacheError)
+    order = np.argsort(labels, kind="stable")  # class-major, as an episode's slots
+    equal = bool((shots == shots[0]).all())
+    uses_text = bool(getattr(head, "uses_text", False))
+    with _evaluating(head):
+        t = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32)).to(device)
+        feats = np.asarray(support)[:, None]  # [S, 1, T, D]: one view
+        if _per_video_support(head, int(shots.max())):
+            lab = torch.from_numpy(labels)
+
+            def enc_support(x: torch.Tensor, ids: np.ndarray) -> torch.Tensor:
+                return head.encode_support(x, t[lab[ids]] if uses_text else None)
+
+            ids = np.arange(len(labels))
+            s_enc = _encode_videos(enc_support, feats, ids, device)  # [S, T, D]
+            if equal:
+                K = int(shots[0])
+                se = _take(s_enc, order[None])  # [1, C*K, T, D]
+                protos = se.reshape(1, C, K, *se.shape[-2:])
+                return (protos[:, :, 0] if K == 1 else protos.mean(dim=2))[0]
+            return torch.stack(
+                [s_enc[torch.from_numpy(order[labels[order] == c])].mean(0) for c in range(C)]
+            )
+        tt = t if uses_text else None
+        if equal:
+            s = np.asarray(feats[order, 0], dtype=np.float32)  # [C*K, T, D]
+            s_t = torch.from_numpy(s).to(device).reshape(1, C, int(shots[0]), *s.shape[-2:])
+            return head.prototypes(s_t, None if tt is None else tt[None])[0]
+        out = []
+        for c in range(C):
+            s = np.asarray(feats[labels == c, 0], dtype=np.float32)  # [K_c, T, D]
+            s_t = torch.from_numpy(s).to(device)[None, None]  # [1, 1, K_c, T, D]
+            out.append(head.prototypes(s_t, None if tt is None else tt[c][None, None])[0, 0])
+        return torch.stack(out)
+
+
+def query_logits(
+    head: FewShotHead, queries: np.ndarray, protos: torch.Tensor, *, device: str = "cpu"
+) -> np.ndarray:
+    """Logits of query clips against class prototypes, with the fast evaluator's arithmetic.
+
+    Queries are encoded in the evaluator's fixed groups of sequences and matched in blocks of
+    the same size, so scoring ``queries`` in consecutive blocks of that size gives the same
+    values as scoring them at once.
+
+    Args:
+        queries: [N, T, D] query features (float16 as cached is fine).
+        protos: [C, T, D] from :func:`class_prototypes`.
+    Returns:
+        float32 [N, C].
+    """
+    N = len(queries)
+    if N == 0:
+        return np.zeros((0, len(protos)), np.float32)
+    with _evaluating(head):
+        feats = np.asarray(queries)[:, None]  # [N, 1, T, D]
+        q_enc = _encode_videos(
+            lambda x, _ids: head.encode_query(x), feats, np.arange(N), device
+        )  # [N, T, D]
+        out = [
+            head.match(q_enc[a : a + _GROUP][None], protos[None])[0].float().cpu().numpy()
+            for a in range(0, N, _GROUP)
+        ]
+        return np.concatenate(out)
 
 
 def loop_episode_accuracies(
