@@ -28,7 +28,7 @@ from fsar_cli.features.cache import cache_features
 from fsar_cli.features.store import FeatureStore
 from fsar_cli.models import create_head, save_head_checkpoint
 from fsar_cli.prediction.classes_file import load_classes
-from fsar_cli.prediction.predictor import predict
+from fsar_cli.prediction.predictor import PREDICT_COLUMNS, predict
 from fsar_cli.recipe import Recipe, recipe_from_dict
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
@@ -265,7 +265,7 @@ def test_api_and_cli(tmp_path: Path, cached: tuple[Path, Recipe]) -> None:
     assert res.exit_code == 0, res.output
     assert "RANDOM WEIGHTS" in res.output and "otam" in res.output
     csv = pd.read_csv(out)
-    assert list(csv.columns[:11]) == fsar_cli.prediction.PREDICT_COLUMNS
+    assert list(csv.columns[:11]) == PREDICT_COLUMNS
     assert csv["label"].iloc[0] in NAMES
     res = CliRunner().invoke(
         app,
