@@ -1,8 +1,8 @@
 """fsar: CLIP for few-shot action recognition.
 
 The public verbs (imported lazily, so ``import fsar_cli`` and ``fsar --help`` stay fast):
-``load_recipe``, ``extract_frames``, ``cache_features``, ``meta_train``, ``evaluate`` and
-``write_report``. The package's rooms follow the data path (README, "Architecture").
+``load_recipe``, ``extract_frames``, ``cache_features``, ``meta_train``, ``evaluate``,
+``predict`` and ``write_report``. The package's rooms follow the data path (README, "Architecture").
 Shape letters used in docstrings and comments throughout: ``E`` episodes in a
 batch, ``W`` way, ``K`` shot, ``Q`` queries per class, ``T`` frames, ``D`` feature width, ``C``
 classes of a split, ``V`` views per video.
@@ -26,6 +26,7 @@ __all__ = [
     "cache_features",
     "meta_train",
     "evaluate",
+    "predict",
     "write_report",
 ]
 
@@ -35,6 +36,7 @@ _LAZY = {
     "cache_features": "fsar_cli.features.cache",
     "meta_train": "fsar_cli.train.frozen",
     "evaluate": "fsar_cli.evaluation.evaluate",
+    "predict": "fsar_cli.prediction.predictor",
     "write_report": "fsar_cli.results.report",
 }
 

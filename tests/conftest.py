@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,48 +39,15 @@ def _isolated_home(
     monkeypatch.setenv("FSAR_HOME", str(home))
     monkeypatch.setenv("FSAR_RESULTS_DB", str(home / "results.sqlite"))
     monkeypatch.setenv("FSAR_SPLITS", str(SHARED / "benchmarks"))
+    monkeypatch.delenv("FSAR_SPLITS_URL", raising=False)
 
 
-def write_tiny_split(folder: Path, split: str, classes: int, per_class: int) -> list[str]:
-    """A reference-format split file listing ssv2_tiny videos, plus one that does not exist."""
-    lines = []
-    for c in range(classes):
-        ids = sorted(p.name for p in (TINY / split / f"{split}{c}").iterdir())[:per_class]
-        lines += [f"{split}{c}/{v}" for v in ids]
-    lines.insert(3, f"{split}1/424242")  # listed in the split file, no frames: "missing"
-    (folder / f"{split}_few_shot.txt").write_text("\n".join(lines) + "\n")
-    return lines
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: bitwise-repeatable CPU sums, and the count torchrun ranks use."""
+    import torch
 
-
-def tiny_recipe(tmp: Path, name: str = "tiny", **features: object) -> Path:
-    """A recipe (written as JSON) caching ssv2_tiny with the random tiny encoder into ``tmp``."""
-    splits = tmp / "splits"
-    if not splits.is_dir():
-        splits.mkdir(parents=True)
-        write_tiny_split(splits, "test", 3, 3)
-        write_tiny_split(splits, "train", 2, 3)
-    feats = {
-        "encoder": "random:tiny",
-        "resize": 40,
-        "crop": 32,
-        "chunk_videos": 3,
-        "batch_size": 16,
-        "workers": 2,
-        "cache_dir": str(tmp / f"cache-{name}"),
-        "sampling": {"train": "random", "test": "center"},
-        "views": {"train": 2, "test": 1},
-    }
-    feats.update(features)
-    doc = {
-        "name": name,
-        "data": {
-            "split_dir": str(splits),
-            "frames_root": str(TINY),
-            "frames_layout": "{split}/{class_field}/{video_id}",
-            "classes": {"test": ["pouring", "folding", None], "train": ["a", "b"]},
-        },
-        "features": feats,
-    }
-    path = tmp / f"{name}.yaml"
-    path.write_text(json.dumps(doc))  # JSON is YAML
-    return path
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

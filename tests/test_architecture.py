@@ -23,7 +23,7 @@ LEVELS = {
     "results": 5,
     "evaluation": 6,
     "train": 7,
-    "predict": 7,
+    "prediction": 7,
     "demo": 8,
     "cli": 9,
 }

@@ -90,6 +90,7 @@ def test_swap_dir_into_a_new_place_and_with_a_named_aside(tmp_path: Path) -> Non
     assert _names(tmp_path) == ["out"]
 
 
+@pytest.mark.slow
 def test_pid_alive() -> None:
     assert atomic.pid_alive(os.getpid())
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

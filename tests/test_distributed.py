@@ -12,12 +12,12 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import SMALL_MODEL, write_recipe
 
 from fsar_cli.distributed import Dist
 from fsar_cli.episodes import EpisodeSampler
@@ -39,22 +39,23 @@ from fsar_cli.train.runs import MetricsLog
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-MODEL = "{ffn_dim: 64, adapter_hidden: 16, num_heads: 4}"
+
 # 5 episodes per step on 2 ranks: an uneven split (3 + 2)
-TRAIN = (
-    "steps: 6, episodes_per_step: 5, lr: 1.0e-3, warmup_lr: 1.0e-4, lr_step: 3, "
-    "val_every: 3, val_episodes: 70, checkpoint_every: 2, lambda_vt: 1.0"
-)
+TRAIN = {
+    "steps": 6,
+    "episodes_per_step": 5,
+    "lr": 1.0e-3,
+    "warmup_lr": 1.0e-4,
+    "lr_step": 3,
+    "val_every": 3,
+    "val_episodes": 70,
+    "checkpoint_every": 2,
+    "lambda_vt": 1.0,
+}
 NO_DROPOUT = ["--set", "model.attn_dropout=0", "--set", "model.ffn_dropout=0"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread, as the torchrun ranks (OMP_NUM_THREADS=1)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _free_port() -> int:
@@ -96,12 +97,13 @@ def make_recipe(root: Path) -> Path:
     synthetic_store(cache / "train", 8, 6, dim=32, seed=0, noise=1.5, split="train")
     synthetic_store(cache / "val", 6, 4, dim=32, seed=1, noise=2.5, split="val")
     synthetic_store(cache / "test", 6, 6, dim=32, seed=2, noise=2.5, split="test")
-    path = root / "recipe.yaml"
-    path.write_text(
-        f"name: tiny\nfeatures: {{cache_dir: {cache}}}\nmodel: {MODEL}\ntrain: {{{TRAIN}}}\n"
-        "eval: {episodes: 170, batch_episodes: 16}\n"
+    return write_recipe(
+        root / "recipe.yaml",
+        features={"cache_dir": str(cache)},
+        model=SMALL_MODEL,
+        train=TRAIN,
+        eval={"episodes": 170, "batch_episodes": 16},
     )
-    return path
 
 
 def state(run: Path) -> dict:
@@ -152,6 +154,7 @@ def test_fewer_episodes_per_step_than_processes_is_refused(tmp_path: Path) -> No
 # ---------------------------------------------------------------- torchrun
 
 
+@pytest.mark.slow
 def test_torchrun_train_equals_single_process_and_resumes(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -198,6 +201,7 @@ def test_torchrun_train_equals_single_process_and_resumes(
     assert "written by 2 process(es), this run has 1" in caplog.text
 
 
+@pytest.mark.slow
 def test_torchrun_eval_equals_single_process(tmp_path: Path) -> None:
     path = make_recipe(tmp_path)
     torch.manual_seed(3)
@@ -256,6 +260,7 @@ def _cache_recipe(tmp: Path, frames: Path, name: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_torchrun_cache_equals_single_process_and_completes_a_partial_cache(
     tmp_path: Path,
 ) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED, tiny_recipe
+from helpers import SHARED, TINY, make_recipe, tiny_recipe
 from typer.testing import CliRunner
 
 from fsar_cli.cli.app import app
@@ -88,8 +88,6 @@ def test_cache_keeps_user_files_in_a_store_folder(tmp_path: Path) -> None:
 
 
 def test_train_run_folder_with_user_files_is_refused(tmp_path: Path) -> None:
-    from test_train import make_recipe
-
     recipe = make_recipe(tmp_path)
     run = tmp_path / "run"
     run.mkdir()
@@ -184,8 +182,6 @@ def test_lock_names_the_holder_and_survives_kill_9(tmp_path: Path) -> None:
 
 
 def test_second_train_on_one_run_folder_is_refused(tmp_path: Path) -> None:
-    from test_train import make_recipe
-
     from fsar_cli.train.runs import MetricsLog
 
     recipe = make_recipe(tmp_path)
@@ -383,8 +379,6 @@ def _set_meta(store: Path, **changes: object) -> None:
 
 
 def test_features_of_other_weights_are_refused_in_eval_and_resume(tmp_path: Path) -> None:
-    from test_train import make_recipe
-
     from fsar_cli.models import load_head_checkpoint
 
     recipe = make_recipe(tmp_path, test=True)
@@ -412,8 +406,6 @@ def test_features_of_other_weights_are_refused_in_eval_and_resume(tmp_path: Path
 
 
 def test_old_checkpoint_without_provenance_is_accepted_with_a_warning(tmp_path: Path) -> None:
-    from test_train import make_recipe
-
     from fsar_cli.models import create_head, save_head_checkpoint
     from fsar_cli.recipe import load_recipe
 
@@ -520,8 +512,6 @@ def test_cache_and_train_survive_kill_9_at_random_points(tmp_path: Path) -> None
     import random
     import time
 
-    from test_train import make_recipe
-
     rng = random.Random(14)
 
     def killed_then_finished(args: tuple[object, ...], seconds: float, kills: int = 3) -> int:
@@ -571,8 +561,6 @@ def test_cache_and_train_survive_kill_9_at_random_points(tmp_path: Path) -> None
 
 
 def test_nan_features_and_nan_weights_are_named(tmp_path: Path) -> None:
-    from test_train import make_recipe
-
     from fsar_cli.models import create_head, save_head_checkpoint
     from fsar_cli.recipe import load_recipe
 
@@ -653,8 +641,6 @@ def test_brackets_in_class_names_survive_tables(tmp_path: Path) -> None:
 
 
 def test_cache_refuses_a_frame_folder_with_a_gap(tmp_path: Path) -> None:
-    from conftest import TINY
-
     from fsar_cli.features.store import FeatureStore
 
     frames = tmp_path / "frames"

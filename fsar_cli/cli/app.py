@@ -12,7 +12,23 @@ import os
 import typer
 
 from .. import __version__
-from . import bench, cache, data, demo, eval, extract, heads, recipes, report, splits, synth, train
+from . import (
+    bench,
+    cache,
+    compare,
+    data,
+    demo,
+    eval,
+    extract,
+    heads,
+    plot,
+    predict,
+    recipes,
+    report,
+    splits,
+    synth,
+    train,
+)
 from .console import console, setup_logging
 
 app = typer.Typer(
@@ -57,8 +73,11 @@ for _module in (
     heads,
     train,
     eval,
+    predict,
     bench,
     report,
+    plot,
+    compare,
     synth,
     demo,
 ):

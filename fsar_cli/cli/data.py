@@ -1,4 +1,5 @@
-"""``fsar data check``: how many listed videos or frame folders exist and decode, per class."""
+"""``fsar data check``: listed videos or frame folders that exist and decode, per class;
+``fsar data import``: your own labelled videos as a benchmark (split files and a recipe)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from rich.table import Table
 from .console import cli_errors, console, err_console, progress
 from .options import OverrideOpt, SplitsOpt
 
-__all__ = ["register", "check"]
+__all__ = ["register", "check", "import_command"]
 
 app = typer.Typer(
     help="Inspect a benchmark's data before extracting or caching.", no_args_is_help=True
@@ -103,6 +104,41 @@ def check(
         highlight=False,
     )
     raise typer.Exit(code=1)
+
+
+@app.command("import")
+def import_command(
+    src: Annotated[
+        Path,
+        typer.Argument(help="Folder SRC/<class>/<video or frame folder>, or a path,label CSV."),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where split files and recipe go.")],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Recipe name (default: the --out folder's).")
+    ] = None,
+    val: Annotated[int, typer.Option("--val", help="Classes kept for validation.")] = 0,
+    test: Annotated[int, typer.Option("--test", help="Novel (test) classes.")] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the class shuffle.")] = 0,
+) -> None:
+    """Turn labelled videos into a few-shot benchmark: classes split into train / val / test.
+
+    Writes {train,val,test}_few_shot.txt, classes.json and NAME.yaml (a recipe for extract,
+    cache, train, eval and predict).
+    """
+    from ..data.importer import import_dataset
+
+    with cli_errors():
+        res = import_dataset(src, out, name=name, val=val, test=test, seed=seed)
+    table = Table(title=f"fsar data import: {res.recipe}")
+    for col in ("split", "classes", "videos"):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for split in ("train", "val", "test"):
+        table.add_row(split, str(len(res.classes[split])), str(res.videos[split]))
+    console.print(table)
+    nxt = f"fsar extract {res.recipe} --out <frames>" if res.source == "videos" else ""
+    console.print(
+        f"next: {nxt + ' ; ' if nxt else ''}fsar cache {res.recipe} ; fsar train {res.recipe}"
+    )
 
 
 def register(parent: typer.Typer) -> None:

@@ -25,13 +25,14 @@ from .options import (
     QueryOpt,
     SeedOpt,
     WayOpt,
+    int_list,
 )
 
 if TYPE_CHECKING:
     from ..evaluation.evaluate import EvalResult
 
 
-__all__ = ["register", "eval_command", "result_table"]
+__all__ = ["register", "eval_command", "result_table", "summary_table"]
 
 
 def result_table(r: EvalResult, title: str = "fsar eval") -> Table:
@@ -56,19 +57,26 @@ def result_table(r: EvalResult, title: str = "fsar eval") -> Table:
 
 
 def eval_command(
+    ctx: typer.Context,
     recipe: Annotated[str, typer.Argument(help="Recipe name or YAML path.")],
     checkpoint: Annotated[
         Path | None,
         typer.Option(
             "--checkpoint",
             "-c",
-            help="Run folder (uses best.pt, else last.pt) or checkpoint file (fsar's or the "
+            help="Run folder (uses best.pt, else last.pt), a folder of seed-N run folders (`fsar "
+            "train --seeds`: each seed on the same episodes) or checkpoint file (fsar's or the "
             "reference's). Not needed for the baselines proto, otam, text.",
         ),
     ] = None,
     way: WayOpt = None,
     shot: Annotated[
-        int | None, typer.Option("--shot", help="Shots per class (default: recipe).")
+        str | None,
+        typer.Option(
+            "--shot",
+            help="Shots per class (default: recipe's first); several (--shot 1 2 3 4 5) share "
+            "the per-video work and record one row each.",
+        ),
     ] = None,
     query: QueryOpt = None,
     episodes: Annotated[
@@ -107,6 +115,14 @@ def eval_command(
             "than it was trained on (refused otherwise).",
         ),
     ] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="Also write the per-class accuracy / confusion plot here (one file per shot: "
+            "NAME-Kshot.png when several).",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a head on N-way K-shot episodes of a cached split; mean accuracy and 95% CI.
 
@@ -114,11 +130,15 @@ def eval_command(
     result, with its provenance and per-episode accuracies, is appended to the results database.
     """
     from .. import distributed
-    from ..evaluation.evaluate import evaluate
+    from ..evaluation.evaluate import evaluate_seeds
     from ..recipe import load_recipe
     from ..results.db import default_db_path
 
     with cli_errors():
+        given = int_list("--shot", shot, list(ctx.args))
+        shots: list[int | None] = list(given) if given else [None]
+        if plot is not None and no_record:
+            raise typer.BadParameter("--plot draws from the results database; drop --no-record")
         cfg = load_recipe(recipe, overrides or [])
         d = distributed.init(device)  # a no-op unless launched by torchrun
         bar = (
@@ -128,12 +148,12 @@ def eval_command(
         )
         try:
             with bar as advance:
-                result = evaluate(
+                results = evaluate_seeds(
                     cfg,
+                    shots=shots,
                     head_name=head,
                     checkpoint=checkpoint,
                     n_way=way,
-                    k_shot=shot,
                     n_query=query,
                     episodes=episodes,
                     seed=seed,
@@ -152,16 +172,51 @@ def eval_command(
             distributed.shutdown()
     if not d.is_main:
         return
-    console.print(result_table(result))
-    if save_episodes is not None and not any(
-        e.startswith("episode list") for e in result.record_errors
-    ):
+    for result in results:
+        console.print(result_table(result))
+    if len(results) > 1:
+        console.print(summary_table(results))
+    errors = [e for r in results for e in r.record_errors]
+    if save_episodes is not None and not any(e.startswith("episode list") for e in errors):
         console.print(f"episodes written to {save_episodes}")
-    for text in result.record_errors:  # after the numbers: a failed write never hides them
+    for text in errors:  # after the numbers: a failed write never hides them
         err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
-    if result.record_errors:
+    if errors:
         raise typer.Exit(code=1)
+    if plot is not None:
+        from ..results.plots import plot_classes
+
+        with cli_errors():
+            for result in results:
+                assert result.eval_id is not None
+                path = plot
+                if len(results) > 1:
+                    tag = f"-{result.k_shot}shot"
+                    run = Path(result.checkpoint).parent.name if result.checkpoint else ""
+                    if run.startswith("seed-"):
+                        tag = f"-{run}{tag}"
+                    path = plot.with_name(f"{plot.stem}{tag}{plot.suffix or '.png'}")
+                plot_classes(result.eval_id, path, db=result.db)
+                console.print(f"class plot of eval_id {result.eval_id} written to {path}")
+
+
+def summary_table(results: list[EvalResult]) -> Table:
+    """One line per evaluation of a multi-shot / multi-seed ``fsar eval``."""
+    table = Table(title=f"fsar eval: {results[0].recipe}, {results[0].head}")
+    for col in ("shot", "run", "accuracy (95% CI)", "eval_id"):
+        table.add_column(col, justify="right" if col != "run" else "left")
+    for r in results:
+        run = Path(r.checkpoint).parent.name if r.checkpoint else "-"
+        table.add_row(
+            str(r.k_shot),
+            run,
+            f"{100 * r.mean:.2f} ± {100 * r.ci95:.2f} %",
+            "-" if r.eval_id is None else str(r.eval_id),
+        )
+    return table
 
 
 def register(app: typer.Typer) -> None:
-    app.command("eval")(eval_command)
+    app.command(
+        "eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": False}
+    )(eval_command)

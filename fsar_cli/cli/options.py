@@ -17,6 +17,7 @@ __all__ = [
     "EvalSplitOpt",
     "NoRecordOpt",
     "DeviceOpt",
+    "int_list",
 ]
 
 OverrideOpt = Annotated[
@@ -51,3 +52,27 @@ NoRecordOpt = Annotated[
     bool, typer.Option("--no-record", help="Do not append results to the database.")
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
+
+
+def int_list(flag: str, first: str | None, extra: list[str]) -> list[int] | None:
+    """The integers of a many-valued option: ``--shot 1 2 3``, ``--shot 1,2,3`` or repeated.
+
+    Click options take one value each, so the values after the first arrive as the command's
+    extra arguments (``extra``); any that is not an integer is an error naming it.
+    """
+    if first is None:
+        if extra:
+            raise typer.BadParameter(f"unexpected extra arguments {extra}")
+        return None
+    out: list[int] = []
+    for text in [*first.split(","), *extra]:
+        text = text.strip()
+        if not text:
+            continue
+        try:
+            out.append(int(text))
+        except ValueError:
+            raise typer.BadParameter(
+                f"{flag} {text!r} is not an integer; give integers, e.g. {flag} 1 2 3"
+            ) from None
+    return out

@@ -34,6 +34,13 @@ def report_command(
         bool, typer.Option("--overwrite", help="Replace an --out file that is not an fsar report.")
     ] = False,
     db: DbOpt = None,
+    predictions: Annotated[
+        int | None,
+        typer.Option(
+            "--predictions",
+            help="Instead: write this eval id's per-query predictions as CSV to --out.",
+        ),
+    ] = None,
 ) -> None:
     """Export evaluation results: CSV with documented columns, or a markdown table.
 
@@ -42,8 +49,19 @@ def report_command(
     encoder_random, sampling, checkpoint, episodes_source, n_missing, acc_mean, acc_ci95 (both in
     percent), fsar_version, git_sha.
     """
-    from ..results.report import write_report
+    from ..results.report import write_predictions, write_report
 
+    if predictions is not None:
+        with cli_errors():
+            if out is None:
+                raise typer.BadParameter("--predictions needs --out FILE.csv")
+            frame = write_predictions(predictions, out, db=db)
+        acc = 100 * frame["correct"].mean()
+        console.print(
+            f"wrote {len(frame):,} predictions of eval_id {predictions} "
+            f"({frame['episode'].nunique():,} episodes, accuracy {acc:.2f}%) to {out}"
+        )
+        return
     with cli_errors():
         result = write_report(
             out,

@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from .console import cli_errors, console, encoder_text, progress
-from .options import DeviceOpt, OverrideOpt, SplitsOpt
+from .options import DeviceOpt, OverrideOpt, SplitsOpt, int_list
+
+if TYPE_CHECKING:
+    from ..recipe import Recipe
 
 __all__ = ["register", "train"]
 
 
 def train(
+    ctx: typer.Context,
     recipe: Annotated[str, typer.Argument(help="Recipe name or YAML path.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (new or empty).")],
     resume: Annotated[
@@ -54,6 +59,14 @@ def train(
             "resolution or sampling than the run recorded (refused otherwise).",
         ),
     ] = False,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            "--seeds",
+            help="Train one run per training seed (--seeds 0 1 2) into OUT/seed-N; `fsar eval "
+            "-c OUT` evaluates each on the same episodes, `fsar report` gives mean ± std.",
+        ),
+    ] = None,
 ) -> None:
     """Meta-train the recipe's head (on cached features, or end to end with --mode finetune).
 
@@ -68,6 +81,7 @@ def train(
             raise typer.BadParameter("--steps must be >= 1")
         if mode is not None and mode not in ("frozen", "finetune"):
             raise typer.BadParameter(f"--mode {mode!r}: use frozen or finetune")
+        seed_list = int_list("--seeds", seeds, list(ctx.args))
         sets = [*(overrides or []), *([f"train.mode={mode}"] if mode else [])]
         cfg = load_recipe(recipe, sets).with_split_dir(splits)
         if cfg.train.mode == "finetune":
@@ -84,6 +98,9 @@ def train(
             else contextlib.nullcontext(lambda n=1, **_kw: None)  # one bar: rank 0's
         )
         try:
+            if seed_list is not None:
+                _train_seeds(cfg, out, seed_list, train_fn, resume, device, steps, d.is_main)
+                return
             with bar as advance:
                 result = train_fn(
                     cfg,
@@ -125,5 +142,57 @@ def train(
     console.print(table)
 
 
+def _train_seeds(
+    cfg: Recipe,
+    out: Path,
+    seeds: list[int],
+    train_fn: Callable[..., Any],
+    resume: bool,
+    device: str,
+    steps: int | None,
+    is_main: bool,
+) -> None:
+    """Train one run per seed, one progress bar each, then a table of the seeds."""
+    from ..train.seeds import train_seeds
+
+    results = []
+    for seed in seeds:  # one call per seed, so each gets its own bar
+        bar = (
+            progress(f"training seed {seed}", total=cfg.train.steps)
+            if is_main
+            else contextlib.nullcontext(lambda n=1, **_kw: None)
+        )
+        with bar as advance:
+            results += train_seeds(
+                cfg,
+                out,
+                [seed],
+                train_fn,
+                resume=resume,
+                device=device,
+                on_progress=advance,
+                max_steps=steps,
+                argv=["fsar", *sys.argv[1:]],
+            )
+    if not is_main:
+        return
+    table = Table(title=f"fsar train: {len(seeds)} seeds into {out}")
+    for col in ("seed", "steps", "best val acc", "run folder"):
+        table.add_column(col)
+    for seed, r in zip(seeds, results, strict=True):
+        doc = r if isinstance(r, dict) else vars(r)
+        best = doc.get("best_val_acc")
+        table.add_row(
+            str(seed),
+            f"{doc.get('steps_done')} / {doc.get('steps_total')}",
+            "-" if best is None else f"{100 * best:.2f} (step {doc.get('best_step')})",
+            str(out / f"seed-{seed}"),
+        )
+    console.print(table)
+    console.print(f"evaluate every seed on the same episodes: fsar eval RECIPE -c {out}")
+
+
 def register(app: typer.Typer) -> None:
-    app.command("train")(train)
+    app.command(
+        "train", context_settings={"allow_extra_args": True, "ignore_unknown_options": False}
+    )(train)

@@ -1,11 +1,9 @@
 """Where a split entry's video or frame folder is: the one rule every stage uses.
 
-A split entry names a video; the recipe says where it lives. Videos are at
-``data.root / data.video_layout`` (once per ``data.video_exts`` when the layout has ``{ext}``;
-the first candidate that is a file wins), extracted frames at ``data.frames_root /
-data.frames_layout`` (a folder). ``features.source`` says which of the two the cache and the
-fine-tuning loader read. Extraction, the dataset check, the cache and the clip loader all ask
-:func:`locate`, so they can never disagree about which file belongs to an entry.
+Videos are at ``data.root / data.video_layout`` (once per ``data.video_exts`` when the layout has
+``{ext}``; the first that is a file wins), extracted frames at ``data.frames_root /
+data.frames_layout`` (a folder); ``features.source`` says which one the cache and the fine-tuning
+loader read. Extract, check, cache and the clip loader all ask :func:`locate`.
 """
 
 from __future__ import annotations

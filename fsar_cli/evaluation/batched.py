@@ -31,17 +31,23 @@ import torch
 from .. import distributed
 from ..episodes import EpisodeBatch
 from ..errors import CacheError, EpisodeError, FsarError
-from ..models.base import FewShotHead
+from ..models.base import FewShotHead, check_class_text
 from .metrics import accuracy
 
 __all__ = [
     "EpisodeVideos",
+    "EpisodeScores",
+    "SharedEncodings",
     "episode_accuracies",
+    "episode_scores",
     "episode_videos",
     "rank_range",
     "sharded_accuracies",
+    "sharded_scores",
     "episode_logits",
     "loop_episode_accuracies",
+    "class_prototypes",
+    "query_logits",
 ]
 
 _GROUP = 256  # sequences per encoder call: fixed, so an encoding never depends on the batch
@@ -65,19 +71,6 @@ def _per_video_support(head: FewShotHead, k_shot: int) -> bool:
     if k_shot > 1 and bool(getattr(head, "merge_before", False)):
         return False
     return getattr(type(head), "encode_support", None) is not FewShotHead.encode_support
-
-
-def _check_text(head: FewShotHead, text: np.ndarray, classes: np.ndarray) -> None:
-    if not getattr(head, "uses_text", False):
-        return
-    used = np.unique(classes)
-    bad = used[np.isnan(np.asarray(text)[used]).any(axis=1)]
-    if len(bad):
-        raise CacheError(
-            f"head {getattr(head, 'name', '?')!r} needs class text but classes {bad[:5].tolist()} "
-            "have no text feature (unknown class name in the recipe); add the names under "
-            "data.classes and re-run `fsar cache`, or evaluate a head without text"
-        )
 
 
 def _encode_videos(
@@ -135,6 +128,21 @@ class EpisodeVideos:
         return EpisodeVideos(q, s, c_all[first])
 
 
+@dataclass
+class SharedEncodings:
+    """Per-video encodings computed once and reused by several evaluations of one head (e.g. the
+    shots of ``fsar eval --shot 1 2 3``): the query encodings, and the own-text support encodings
+    of 1-shot / merge-after heads, of every video in ``videos`` (a superset of each batch's).
+
+    The encoder groups are those of ``videos``, not of one batch, so accuracies can differ from a
+    separate evaluation of one batch at float-rounding level (a tie broken the other way).
+    """
+
+    videos: EpisodeVideos
+    query: torch.Tensor | None = None
+    support: torch.Tensor | None = None
+
+
 def episode_videos(batch: EpisodeBatch, num_views: int) -> EpisodeVideos:
     """The query and support videos of ``batch`` (flat ids over ``num_views`` views per video)."""
     V, K = int(num_views), batch.k_shot
@@ -167,23 +175,37 @@ def _fast_logits(
     device: str,
     chunk: int,
     videos: EpisodeVideos | None = None,
+    shared: SharedEncodings | None = None,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Yields ``(a, b, logits [b - a, W*Q, W])`` for consecutive blocks of episodes.
 
     ``videos``: the encoder's video set (default: the batch's own); must contain the batch's.
+    ``shared``: encodings to reuse (and fill, for all of its videos, on first use); its videos
+    replace ``videos``.
     """
     E, W, K = len(batch), batch.n_way, batch.k_shot
     V = features.shape[1]
     uses_text = bool(getattr(head, "uses_text", False))
     per_video = _per_video_support(head, K)
+    if shared is not None:
+        videos = shared.videos
     videos = videos if videos is not None else episode_videos(batch, V)
 
     # Queries: every distinct (video, view) encoded once. (E, W*Q) -> positions in query_ids
     q_ids = videos.query_ids
     q_inv = _positions(q_ids, batch.query_rows * V + batch.query_views)
-    q_need = np.zeros(len(q_ids), bool)
+    q_need: np.ndarray | None = np.zeros(len(q_ids), bool)
+    assert q_need is not None
     q_need[q_inv.reshape(-1)] = True
-    q_enc = _encode_videos(lambda x, _ids: head.encode_query(x), features, q_ids, device, q_need)
+    if shared is not None and shared.query is not None:
+        q_enc = shared.query
+    else:
+        q_need = None if shared is not None else q_need  # shared: encode all, once
+        q_enc = _encode_videos(
+            lambda x, _ids: head.encode_query(x), features, q_ids, device, q_need
+        )
+        if shared is not None:
+            shared.query = q_enc
 
     s_enc = s_inv = None
     if per_video:
@@ -198,7 +220,14 @@ def _fast_logits(
             t = text[torch.as_tensor([cls_of[i] for i in ids.tolist()])] if uses_text else None
             return head.encode_support(x, t)
 
-        s_enc = _encode_videos(enc_support, features, s_ids, device, s_need)
+        if shared is not None and shared.support is not None:
+            s_enc = shared.support
+        else:
+            s_enc = _encode_videos(
+                enc_support, features, s_ids, device, None if shared is not None else s_need
+            )
+            if shared is not None:
+                shared.support = s_enc
 
     for a in range(0, E, chunk):
         b = min(a + chunk, E)
@@ -250,6 +279,59 @@ def _evaluating(head: FewShotHead) -> Iterator[None]:
         head.train(was_training)
 
 
+@dataclass
+class EpisodeScores:
+    """Per-episode accuracies and the per-query predictions they come from.
+
+    Attributes:
+        accuracies: float64 [E], fraction of correct queries per episode.
+        predictions: int8 [E, W*Q], the predicted episode label (arg-max) of every query slot;
+            the true label of slot j is ``j // Q`` (slots are class-major).
+        classes: int64 [E, W], the split class id of each episode label.
+    """
+
+    accuracies: np.ndarray
+    predictions: np.ndarray
+    classes: np.ndarray
+
+
+def episode_scores(
+    head: FewShotHead,
+    features: np.ndarray,
+    text: np.ndarray,
+    batch: EpisodeBatch,
+    *,
+    device: str = "cpu",
+    chunk: int = 500,
+    on_progress: ProgressFn | None = None,
+    videos: EpisodeVideos | None = None,
+    shared: SharedEncodings | None = None,
+) -> EpisodeScores:
+    """:func:`episode_accuracies` plus every query's predicted episode label (same cost: the
+    arg-max is taken once and gives both). ``shared``: see :class:`SharedEncodings`."""
+    if not _has_decomposition(head):
+        raise TypeError(
+            f"{type(head).__name__} lacks encode_query/prototypes/match (subclass FewShotHead)"
+        )
+    check_class_text(head, text, batch.classes, error=CacheError)
+    if batch.n_way > 127:
+        raise EpisodeError(f"n_way = {batch.n_way}: predictions are stored as int8 (at most 127)")
+    with _evaluating(head):
+        t = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32)).to(device)
+        step = max(1, min(int(chunk), _MATCH_BLOCK))
+        labels = batch.query_labels
+        accs = np.empty(len(batch), dtype=np.float64)
+        preds = np.empty(labels.shape, dtype=np.int8)
+        blocks = _fast_logits(head, features, t, batch, device, step, videos, shared)
+        for a, b, logits in blocks:
+            pred = logits.float().cpu().numpy().argmax(axis=-1)  # (e, W*Q), as metrics.accuracy
+            preds[a:b] = pred
+            accs[a:b] = (pred == labels[a:b]).mean(axis=-1)
+            if on_progress is not None:
+                on_progress(b - a)
+        return EpisodeScores(accs, preds, np.asarray(batch.classes, np.int64))
+
+
 def episode_accuracies(
     head: FewShotHead,
     features: np.ndarray,
@@ -279,21 +361,16 @@ def episode_accuracies(
     Returns:
         float64 [E], fraction of correct queries per episode.
     """
-    if not _has_decomposition(head):
-        raise TypeError(
-            f"{type(head).__name__} lacks encode_query/prototypes/match (subclass FewShotHead)"
-        )
-    _check_text(head, text, batch.classes)
-    with _evaluating(head):
-        t = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32)).to(device)
-        step = max(1, min(int(chunk), _MATCH_BLOCK))
-        labels = batch.query_labels
-        accs = np.empty(len(batch), dtype=np.float64)
-        for a, b, logits in _fast_logits(head, features, t, batch, device, step, videos):
-            accs[a:b] = accuracy(logits.float().cpu().numpy(), labels[a:b])
-            if on_progress is not None:
-                on_progress(b - a)
-        return accs
+    return episode_scores(
+        head,
+        features,
+        text,
+        batch,
+        device=device,
+        chunk=chunk,
+        on_progress=on_progress,
+        videos=videos,
+    ).accuracies
 
 
 # --------------------------------------------------------------------------- across ranks
@@ -337,6 +414,33 @@ def sharded_accuracies(
     Returns:
         float64 [n_episodes].
     """
+    return sharded_scores(
+        head,
+        features,
+        text,
+        episodes,
+        n_episodes,
+        d,
+        device=device,
+        chunk=chunk,
+        on_progress=on_progress,
+    ).accuracies
+
+
+def sharded_scores(
+    head: FewShotHead,
+    features: np.ndarray,
+    text: np.ndarray,
+    episodes: Callable[[int, int], EpisodeBatch],
+    n_episodes: int,
+    d: distributed.Dist,
+    *,
+    device: str = "cpu",
+    chunk: int = 500,
+    on_progress: ProgressFn | None = None,
+) -> EpisodeScores:
+    """:func:`sharded_accuracies` with the per-query predictions (:class:`EpisodeScores`),
+    gathered in episode order on every rank."""
     V = features.shape[1]
     a, b = rank_range(n_episodes, chunk, d)
     batch: EpisodeBatch | None = None
@@ -344,17 +448,18 @@ def sharded_accuracies(
     try:
         if b > a:
             batch = episodes(a, b)
-            _check_text(head, text, batch.classes)
+            check_class_text(head, text, batch.classes, error=CacheError)
             mine = episode_videos(batch, V)
     except FsarError as exc:
         error = exc
     parts = d.all_gather_object((mine, error))
     _raise_first([e for _, e in parts])
     videos = EpisodeVideos.union([v for v, _ in parts]) if d.enabled else None
-    accs, error = np.zeros(0, np.float64), None
+    scores: EpisodeScores | None = None
+    error = None
     try:
         if batch is not None:
-            accs = episode_accuracies(
+            scores = episode_scores(
                 head,
                 features,
                 text,
@@ -366,12 +471,17 @@ def sharded_accuracies(
             )
     except FsarError as exc:
         error = exc
-    gathered = d.all_gather_object((accs, error))
+    gathered = d.all_gather_object((scores, error))
     _raise_first([e for _, e in gathered])
-    out = np.concatenate([x for x, _ in gathered])  # rank order = episode order
-    if len(out) != n_episodes:
-        raise EpisodeError(f"internal: gathered {len(out)} accuracies for {n_episodes} episodes")
-    return out
+    got = [s for s, _ in gathered if s is not None]  # rank order = episode order
+    if not got or sum(len(s.accuracies) for s in got) != n_episodes:
+        n = sum(len(s.accuracies) for s in got)
+        raise EpisodeError(f"internal: gathered {n} accuracies for {n_episodes} episodes")
+    return EpisodeScores(
+        np.concatenate([s.accuracies for s in got]),
+        np.concatenate([s.predictions for s in got]),
+        np.concatenate([s.classes for s in got]),
+    )
 
 
 def _raise_first(errors: list[FsarError | None]) -> None:
@@ -397,12 +507,106 @@ def episode_logits(
     Returns:
         float32 [E, W*Q, W]; column j is episode class j (``batch.classes[:, j]``).
     """
-    _check_text(head, text, batch.classes)
+    check_class_text(head, text, batch.classes, error=CacheError)
     with _evaluating(head):
         t = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32)).to(device)
         step = max(1, min(int(chunk), _MATCH_BLOCK))
         blocks = _fast_logits(head, features, t, batch, device, step)
         return np.concatenate([lg.float().cpu().numpy() for _, _, lg in blocks])
+
+
+def class_prototypes(
+    head: FewShotHead,
+    support: np.ndarray,
+    labels: np.ndarray,
+    text: np.ndarray,
+    *,
+    device: str = "cpu",
+) -> torch.Tensor:
+    """Prototypes of C classes from labelled support clips, as the fast evaluator builds them.
+
+    The arithmetic is the evaluator's (:func:`episode_logits`): per-video support encodings with
+    the video's own class text in the same fixed groups for 1-shot and merge-after heads, else
+    ``head.prototypes`` on the grouped shots. Classes may have different numbers of shots (each
+    class is then averaged on its own); with equal shots and class-major support order the
+    result is exactly that of an episode whose class ``c`` is column ``c``.
+
+    Args:
+        support: [S, T, D] support features (float16 as cached is fine).
+        labels: int64 [S], class index of each support clip (0..C-1, every class present).
+        text: float32 [C, D], text feature of each class.
+    Returns:
+        [C, T, D] prototypes on ``device``.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    C = len(text)
+    shots = np.bincount(labels, minlength=C)
+    if (shots == 0).any() or len(shots) != C:
+        raise EpisodeError(f"every class needs a support clip; shots per class: {shots.tolist()}")
+    check_class_text(head, text, np.arange(C), error=CacheError)
+    order = np.argsort(labels, kind="stable")  # class-major, as an episode's slots
+    equal = bool((shots == shots[0]).all())
+    uses_text = bool(getattr(head, "uses_text", False))
+    with _evaluating(head):
+        t = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32)).to(device)
+        feats = np.asarray(support)[:, None]  # [S, 1, T, D]: one view
+        if _per_video_support(head, int(shots.max())):
+            lab = torch.from_numpy(labels)
+
+            def enc_support(x: torch.Tensor, ids: np.ndarray) -> torch.Tensor:
+                return head.encode_support(x, t[lab[ids]] if uses_text else None)
+
+            ids = np.arange(len(labels))
+            s_enc = _encode_videos(enc_support, feats, ids, device)  # [S, T, D]
+            if equal:
+                K = int(shots[0])
+                se = _take(s_enc, order[None])  # [1, C*K, T, D]
+                protos = se.reshape(1, C, K, *se.shape[-2:])
+                return (protos[:, :, 0] if K == 1 else protos.mean(dim=2))[0]
+            return torch.stack(
+                [s_enc[torch.from_numpy(order[labels[order] == c])].mean(0) for c in range(C)]
+            )
+        tt = t if uses_text else None
+        if equal:
+            s = np.asarray(feats[order, 0], dtype=np.float32)  # [C*K, T, D]
+            s_t = torch.from_numpy(s).to(device).reshape(1, C, int(shots[0]), *s.shape[-2:])
+            return head.prototypes(s_t, None if tt is None else tt[None])[0]
+        out = []
+        for c in range(C):
+            s = np.asarray(feats[labels == c, 0], dtype=np.float32)  # [K_c, T, D]
+            s_t = torch.from_numpy(s).to(device)[None, None]  # [1, 1, K_c, T, D]
+            out.append(head.prototypes(s_t, None if tt is None else tt[c][None, None])[0, 0])
+        return torch.stack(out)
+
+
+def query_logits(
+    head: FewShotHead, queries: np.ndarray, protos: torch.Tensor, *, device: str = "cpu"
+) -> np.ndarray:
+    """Logits of query clips against class prototypes, with the fast evaluator's arithmetic.
+
+    Queries are encoded in the evaluator's fixed groups of sequences and matched in blocks of
+    the same size, so scoring ``queries`` in consecutive blocks of that size gives the same
+    values as scoring them at once.
+
+    Args:
+        queries: [N, T, D] query features (float16 as cached is fine).
+        protos: [C, T, D] from :func:`class_prototypes`.
+    Returns:
+        float32 [N, C].
+    """
+    N = len(queries)
+    if N == 0:
+        return np.zeros((0, len(protos)), np.float32)
+    with _evaluating(head):
+        feats = np.asarray(queries)[:, None]  # [N, 1, T, D]
+        q_enc = _encode_videos(
+            lambda x, _ids: head.encode_query(x), feats, np.arange(N), device
+        )  # [N, T, D]
+        out = [
+            head.match(q_enc[a : a + _GROUP][None], protos[None])[0].float().cpu().numpy()
+            for a in range(0, N, _GROUP)
+        ]
+        return np.concatenate(out)
 
 
 def loop_episode_accuracies(

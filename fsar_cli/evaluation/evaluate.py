@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,29 @@ from ..features.store import FeatureStore, store_path
 from ..ownership import claim
 from ..progress import ProgressFn
 from ..recipe import Recipe
-from ..results.db import git_sha
-from .batched import rank_range, sharded_accuracies
+from ..results.db import EpisodePredictions, git_sha
+from .batched import (
+    EpisodeScores,
+    EpisodeVideos,
+    SharedEncodings,
+    episode_scores,
+    episode_videos,
+    rank_range,
+    sharded_scores,
+)
 from .heads import load_eval_head
 from .metrics import mean_and_ci95
 
-__all__ = ["EvalResult", "EpisodePlan", "evaluate", "plan_episodes", "record"]
+__all__ = [
+    "EvalResult",
+    "EpisodePlan",
+    "evaluate",
+    "evaluate_seeds",
+    "evaluate_shots",
+    "plan_episodes",
+    "record",
+    "seed_runs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +84,7 @@ class EvalResult:
     #: what could not be written after the accuracy was computed (episode list, database row):
     #: one line each; the numbers above stay valid and the CLI prints them first
     record_errors: list[str] = field(default_factory=list)
+    predictions: EpisodePredictions | None = field(default=None, repr=False)
 
     @property
     def mean(self) -> float:
@@ -221,7 +240,8 @@ def record(
     if db is not None:
         try:
             rdb = ResultsDB(db)
-            result.eval_id, result.db = rdb.add(result.fields(), result.accuracies), str(rdb.path)
+            eval_id = rdb.add(result.fields(), result.accuracies, result.predictions)
+            result.eval_id, result.db = eval_id, str(rdb.path)
         except (FsarError, OSError) as exc:
             result.record_errors.append(f"result not recorded: {_one_line(exc)}")
     for text in result.record_errors:
@@ -278,10 +298,70 @@ def evaluate(
         on_progress: advanced by the number of episodes finished (this rank's, under torchrun).
         device: ``cpu``, ``cuda`` or ``cuda:i``; under torchrun ``cuda`` is the local rank's GPU.
     Returns:
-        The :class:`EvalResult` (with ``eval_id`` when recorded). Under torchrun every rank
-        evaluates a contiguous range of the episodes and returns the same, complete result
-        (identical to a single process's); only rank 0 writes the database row and the list.
+        The :class:`EvalResult` (with ``eval_id`` when recorded, and the per-query
+        ``predictions``, also stored in the database). Under torchrun every rank evaluates a
+        contiguous range of the episodes and returns the same, complete result (identical to a
+        single process's); only rank 0 writes the database row and the list.
     """
+    return evaluate_shots(
+        recipe,
+        shots=[k_shot],
+        head_name=head_name,
+        checkpoint=checkpoint,
+        n_way=n_way,
+        n_query=n_query,
+        episodes=episodes,
+        seed=seed,
+        split=split,
+        allow_missing=allow_missing,
+        episodes_file=episodes_file,
+        save_episodes=save_episodes,
+        device=device,
+        db=db,
+        overrides=overrides,
+        trust=trust,
+        on_progress=on_progress,
+        allow_other_features=allow_other_features,
+    )[0]
+
+
+def evaluate_shots(
+    recipe: Recipe,
+    shots: Sequence[int | None],
+    *,
+    head_name: str | None = None,
+    checkpoint: str | Path | None = None,
+    n_way: int | None = None,
+    n_query: int | None = None,
+    episodes: int | None = None,
+    seed: int | None = None,
+    split: str | None = None,
+    allow_missing: bool = False,
+    episodes_file: str | Path | None = None,
+    save_episodes: str | Path | None = None,
+    device: str = "cpu",
+    db: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    trust: bool = False,
+    on_progress: ProgressFn | None = None,
+    allow_other_features: bool = False,
+) -> list[EvalResult]:
+    """:func:`evaluate` at several shot counts, one :class:`EvalResult` (and database row) each.
+
+    The head and store are loaded once; in a single process the per-video encodings (queries,
+    and the supports of 1-shot / merge-after heads) of all shots' videos are computed once and
+    shared (:class:`.batched.SharedEncodings`). Episodes of each shot are the ones a separate
+    ``evaluate(k_shot=K)`` draws (same seed). ``on_progress`` counts episodes over all shots.
+    """
+    shots = list(shots) or [None]
+    if len(shots) > 1 and (episodes_file is not None or save_episodes is not None):
+        flag = "--episodes-file" if episodes_file is not None else "--save-episodes"
+        raise EpisodeError(
+            f"{flag} holds one shot count but {len(shots)} were asked ({shots}); evaluate one "
+            "--shot at a time with it"
+        )
+    if len(set(shots)) != len(shots):
+        raise EpisodeError(f"--shot {shots}: a shot count is repeated; give each once")
     split = split or recipe.eval.split
     d = distributed.init(device)  # under torchrun: this rank's device, episodes split by rank
     device = str(d.device(device))
@@ -296,64 +376,130 @@ def evaluate(
         store=store,
         allow_other_features=allow_other_features,
     )
-    start = time.perf_counter()
-    plan = plan_episodes(
-        recipe,
-        store,
-        n_way=n_way,
-        k_shot=k_shot,
-        n_query=n_query,
-        episodes=episodes,
-        seed=seed,
-        allow_missing=allow_missing,
-        episodes_file=episodes_file,
-    )
+    plans = [
+        plan_episodes(
+            recipe,
+            store,
+            n_way=n_way,
+            k_shot=k,
+            n_query=n_query,
+            episodes=episodes,
+            seed=seed,
+            allow_missing=allow_missing,
+            episodes_file=episodes_file,
+        )
+        for k in shots
+    ]
     if on_progress is not None:
-        lo, hi = rank_range(plan.n, recipe.eval.batch_episodes, d)
-        on_progress(0, total=hi - lo, label=f"rank 0 of {d.world}" if d.enabled else None)
-    accs = sharded_accuracies(
-        head,
-        store.features,
-        store.text,
-        plan.fetch,
-        plan.n,
-        d,
-        device=device,
-        chunk=recipe.eval.batch_episodes,
-        on_progress=on_progress,
-    )
-    result = EvalResult(
-        recipe=recipe.name,
-        benchmark=recipe.data.split_name or recipe.name,
-        dataset=recipe.dataset or recipe.name,
-        split=split,
-        n_way=plan.shape[0],
-        k_shot=plan.shape[1],
-        n_query=plan.shape[2],
-        n_episodes=plan.n,
-        seed=None if plan.seed is None else int(plan.seed),
-        head=str(getattr(head, "name", head_name)),
-        encoder=str(store.meta.get("encoder", "unknown")),
-        encoder_random=bool(store.meta.get("encoder_random", False)),
-        sampling=_sampling(store, recipe, split),
-        checkpoint=ckpt,
-        episodes_source=plan.source,
-        n_missing=store.n_missing,
-        missing=store.missing_summary(),
-        store=str(store.path),
-        device=device if not d.enabled else f"{device} x {d.world} processes",
-        elapsed_s=time.perf_counter() - start,
-        accuracies=accs,
-        overrides=list(overrides),
-    )
-    log.debug(
-        "%s %d-shot %s: %.2f ± %.2f",
-        recipe.name,
-        result.k_shot,
-        result.head,
-        100 * result.mean,
-        100 * result.ci95,
-    )
-    if d.is_main:  # one result: rank 0 writes the episode list and the database row
-        record(result, plan, store, db=db, save_episodes=save_episodes)
-    return result
+        total = sum(
+            (lambda r: r[1] - r[0])(rank_range(p.n, recipe.eval.batch_episodes, d)) for p in plans
+        )
+        on_progress(0, total=total, label=f"rank 0 of {d.world}" if d.enabled else None)
+    shared = None
+    if len(plans) > 1 and not d.enabled:
+        V = store.num_views
+        union = EpisodeVideos.union([episode_videos(p.fetch(0, p.n), V) for p in plans])
+        shared = SharedEncodings(union)
+    results = []
+    for plan in plans:
+        start = time.perf_counter()
+        scores: EpisodeScores
+        if shared is not None:
+            scores = episode_scores(
+                head,
+                store.features,
+                store.text,
+                plan.fetch(0, plan.n),
+                device=device,
+                chunk=recipe.eval.batch_episodes,
+                on_progress=on_progress,
+                shared=shared,
+            )
+        else:
+            scores = sharded_scores(
+                head,
+                store.features,
+                store.text,
+                plan.fetch,
+                plan.n,
+                d,
+                device=device,
+                chunk=recipe.eval.batch_episodes,
+                on_progress=on_progress,
+            )
+        result = EvalResult(
+            recipe=recipe.name,
+            benchmark=recipe.data.split_name or recipe.name,
+            dataset=recipe.dataset or recipe.name,
+            split=split,
+            n_way=plan.shape[0],
+            k_shot=plan.shape[1],
+            n_query=plan.shape[2],
+            n_episodes=plan.n,
+            seed=None if plan.seed is None else int(plan.seed),
+            head=str(getattr(head, "name", head_name)),
+            encoder=str(store.meta.get("encoder", "unknown")),
+            encoder_random=bool(store.meta.get("encoder_random", False)),
+            sampling=_sampling(store, recipe, split),
+            checkpoint=ckpt,
+            episodes_source=plan.source,
+            n_missing=store.n_missing,
+            missing=store.missing_summary(),
+            store=str(store.path),
+            device=device if not d.enabled else f"{device} x {d.world} processes",
+            elapsed_s=time.perf_counter() - start,
+            accuracies=scores.accuracies,
+            overrides=list(overrides),
+            predictions=EpisodePredictions(
+                scores.classes, scores.predictions.astype(np.int64), plan.shape[2]
+            ),
+        )
+        log.debug(
+            "%s %d-shot %s: %.2f ± %.2f",
+            recipe.name,
+            result.k_shot,
+            result.head,
+            100 * result.mean,
+            100 * result.ci95,
+        )
+        if d.is_main:  # one result: rank 0 writes the episode list and the database row
+            record(result, plan, store, db=db, save_episodes=save_episodes)
+        results.append(result)
+    return results
+
+
+def seed_runs(checkpoint: str | Path | None) -> list[Path]:
+    """The ``seed-N`` run folders of a multi-seed training folder (``fsar train --seeds``),
+    in seed order; empty when ``checkpoint`` is a single run or file."""
+    if checkpoint is None:
+        return []
+    p = Path(checkpoint).expanduser()
+    if not p.is_dir() or (p / "best.pt").is_file() or (p / "last.pt").is_file():
+        return []
+    runs = [q for q in p.glob("seed-*") if q.is_dir() and q.name[5:].isdigit()]
+    return sorted(runs, key=lambda q: int(q.name[5:]))
+
+
+def evaluate_seeds(
+    recipe: Recipe,
+    *,
+    checkpoint: str | Path | None = None,
+    shots: Sequence[int | None] = (None,),
+    **kwargs: Any,
+) -> list[EvalResult]:
+    """:func:`evaluate_shots` of a checkpoint, or of every ``seed-N`` run of a multi-seed
+    training folder, each on the same episodes (same seed and protocol); results in seed order,
+    then shot order. Other arguments as :func:`evaluate_shots`."""
+    runs = seed_runs(checkpoint)
+    if not runs:
+        return evaluate_shots(recipe, shots, checkpoint=checkpoint, **kwargs)
+    if kwargs.get("save_episodes") is not None:
+        raise EpisodeError(
+            f"--save-episodes with {len(runs)} seed runs in {checkpoint}: save the list from one "
+            "run (pass its seed-N folder)"
+        )
+    out: list[EvalResult] = []
+    for run in runs:
+        log.info("evaluating %s", run)
+        out.extend(evaluate_shots(recipe, shots, checkpoint=run, **kwargs))
+    return out

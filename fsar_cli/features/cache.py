@@ -8,21 +8,9 @@ crop for all frames of a view), normalised, and encoded by CLIP's image tower. R
 from (``features.seed``, split, video key, view) alone, so the result does not depend on order,
 worker count, sharding or resumption.
 
-Output, one folder per split, ``<features.cache_dir>/<split>/`` (format ``fsar-features/1``, see
-:mod:`fsar_cli.features.store`)::
-
-    features.npy  float16 [videos, views, T, D], one row per split-file line, in split-file order;
-                  rows of videos that are missing or fail to decode are all zeros
-    index.csv     row, key, video_id, class_id, class_name, source (the frame folder or video file),
-                  frames_available, status (ok | failed | missing), reason (why not ok)
-    text.npy      float32 [classes, D]: encode_text(tokenize(prompt.format(name))) per class of the
-                  split, not normalised; NaN rows for classes without a name
-    meta.json     encoder, encoder_random, encoder_label ("RANDOM WEIGHTS" for random encoders),
-                  weights_sha256, weights_path, precision, source, num_frames, num_views, sampling,
-                  crop_mode, resize, crop, mean, std, interpolation, seed, prompt, class_names,
-                  counts, recipe, dataset, fsar_version, torch_version, and ``settings`` (what a
-                  rerun is compared against)
-    resolved_recipe.yaml (one level up, in cache_dir): the recipe that made the cache
+Output: ``<features.cache_dir>/<split>/`` in the feature-store format (:mod:`.store`; its
+``meta.json`` also records ``settings``, what a rerun is compared against), and the recipe that
+made the cache as ``resolved_recipe.yaml`` in ``cache_dir``.
 
 Never mixed: a finished store or unfinished work made with different settings (encoder, weights,
 device precision, sampling, views, sizes, seed, prompt, class names, split entries) is refused with
@@ -98,7 +86,15 @@ from .store import (
 if TYPE_CHECKING:
     from ..encoders.clip import Encoder
 
-__all__ = ["cache_features", "CacheResult", "SplitSummary", "CROP_MODES", "parse_shard"]
+__all__ = [
+    "cache_features",
+    "CacheResult",
+    "SplitSummary",
+    "CROP_MODES",
+    "FrameBatcher",
+    "parse_shard",
+    "prefetch",
+]
 
 log = logging.getLogger(__name__)
 
@@ -369,15 +365,15 @@ def _check_complete(source: Path) -> None:
         )
 
 
-def _prefetch(
-    fn: Callable[[int], _Loaded], rows: Iterable[int], workers: int, ahead: int
-) -> Generator[_Loaded, None, None]:
+def prefetch(
+    fn: Callable[[int], Any], rows: Iterable[int], workers: int, ahead: int
+) -> Generator[Any, None, None]:
     """``fn(row)`` for each row, in order, computed up to ``ahead`` rows early by worker threads."""
     if workers <= 0:
         yield from map(fn, rows)
         return
     it = iter(rows)
-    queue: deque[Future[_Loaded]] = deque()
+    queue: deque[Future[Any]] = deque()
     main_threads = torch.get_num_threads()
     try:
         with ThreadPoolExecutor(workers, "fsar-decode", initializer=_single_threaded) as pool:
@@ -404,7 +400,7 @@ def _single_threaded() -> None:
 
     With torch's OpenMP backend the thread count is per thread (the encoder's thread keeps its
     own); torch also stores it as the default for threads that start later, which
-    :func:`_prefetch` restores when its workers are done.
+    :func:`prefetch` restores when its workers are done.
     """
     torch.set_num_threads(1)
 
@@ -417,11 +413,54 @@ def _encode_chunks(
     rows = [r for c in plan.todo for r in range(*plan.chunks[c])]
     per_batch = -(-f.batch_size // (plan.spec.views * plan.spec.num_frames))  # videos, rounded up
     ahead = 2 * f.workers + per_batch  # queue bound: a batch's worth of videos + 2 per worker
-    stream = _prefetch(lambda r: _load(recipe, plan, r), rows, f.workers, max(ahead, 2))
+    stream = prefetch(lambda r: _load(recipe, plan, r), rows, f.workers, max(ahead, 2))
     try:
         return _encode_stream(plan, encoder, stream, advance, t0)
     finally:
         stream.close()  # stops the workers and restores torch's thread count
+
+
+class FrameBatcher:
+    """Encodes clips' frames in batches of exactly ``batch_size`` frames, whatever the clip sizes.
+
+    ``add`` clips (uint8 ``[V, T, 3, C, C]``) as they arrive; full batches are encoded at once, so
+    at most one batch plus one clip is held. ``finish`` encodes the rest and returns the features
+    of every clip added since the last ``finish`` as float16 ``[clips, V, T, D]``: the values the
+    cache stores (``fsar predict`` encodes its clips with this same code).
+    """
+
+    def __init__(self, encoder: Encoder, batch_size: int) -> None:
+        self.encoder, self.batch_size = encoder, int(batch_size)
+        self._pending: list[torch.Tensor] = []
+        self._n_pending = 0
+        self._outs: list[torch.Tensor] = []
+        self._shapes: list[tuple[int, int]] = []
+
+    def add(self, frames: torch.Tensor) -> None:
+        V, T = int(frames.shape[0]), int(frames.shape[1])
+        self._shapes.append((V, T))
+        self._pending.append(frames.flatten(0, 1))  # [V, T, 3, C, C] -> [V*T, 3, C, C]
+        self._n_pending += V * T
+        bs = self.batch_size
+        while self._n_pending >= bs:
+            buf = torch.cat(self._pending)
+            self._outs.append(self.encoder.encode_uint8(buf[:bs]))
+            self._pending = [buf[bs:]] if len(buf) > bs else []
+            self._n_pending = len(buf) - bs
+
+    def finish(self) -> np.ndarray:
+        """float16 [clips, V, T, D] of the clips added since the last call (all of one shape)."""
+        if self._pending:
+            self._outs.append(self.encoder.encode_uint8(torch.cat(self._pending)))
+        shapes, outs = self._shapes, self._outs
+        self._pending, self._n_pending, self._outs, self._shapes = [], 0, [], []
+        D = self.encoder.dim
+        if not shapes:
+            return np.zeros((0, 1, 1, D), dtype=np.float16)
+        if len(set(shapes)) > 1:
+            raise CacheError(f"internal: clips of different shapes in one batch: {set(shapes)}")
+        V, T = shapes[0]
+        return torch.cat(outs).view(len(shapes), V, T, D).numpy().astype(np.float16)
 
 
 def _encode_stream(
@@ -431,33 +470,26 @@ def _encode_stream(
     advance: Callable[..., None],
     t0: float,
 ) -> tuple[int, int]:
-    V, T, D, bs = plan.spec.views, plan.spec.num_frames, encoder.dim, plan.batch_size
+    V, T, D = plan.spec.views, plan.spec.num_frames, encoder.dim
     n_videos = n_frames = 0
+    batcher = FrameBatcher(encoder, plan.batch_size)
     for c in plan.todo:
         start, end = plan.chunks[c]
-        records, ok_rows, outs = [], [], []
-        pending: list[torch.Tensor] = []
-        n_pending = 0
+        records, ok_rows = [], []
         for row in range(start, end):
             item = next(stream)
             records.append(item.record)
             if item.frames is not None:
                 ok_rows.append(row - start)
-                pending.append(item.frames.flatten(0, 1))  # [V, T, 3, C, C] -> [V*T, 3, C, C]
-                n_pending += V * T
-                while n_pending >= bs:  # batches never span chunks: resumes are byte-identical
-                    buf = torch.cat(pending)
-                    outs.append(encoder.encode_uint8(buf[:bs]))
-                    pending, n_pending = ([buf[bs:]] if len(buf) > bs else []), len(buf) - bs
+                batcher.add(item.frames)  # batches never span chunks: resumes are byte-identical
                 n_frames += V * T
             n_videos += 1
             rate = n_frames / max(time.perf_counter() - t0, 1e-9)
             advance(1, label=f"{plan.split}: {rate:.1f} frames/s")
-        if pending:
-            outs.append(encoder.encode_uint8(torch.cat(pending)))
         feats = np.zeros((end - start, V, T, D), dtype=np.float16)
-        if ok_rows:  # [n_ok*V*T, D] -> [n_ok, V, T, D]
-            feats[ok_rows] = torch.cat(outs).view(len(ok_rows), V, T, D).numpy().astype(np.float16)
+        encoded = batcher.finish()
+        if ok_rows:  # [n_ok, V, T, D]
+            feats[ok_rows] = encoded
         path = chunk_path(plan.work, start, end)
         with _disk_errors(path, plan):
             write_chunk(path, feats, records, plan.settings)

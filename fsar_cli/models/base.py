@@ -10,16 +10,18 @@ Shapes: ``E`` episodes, ``W`` way, ``K`` shot, ``N_s = W*K`` support and ``N_q``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import EpisodeError
+from ..errors import EpisodeError, FsarError
 from ..recipe import ModelCfg
 
-__all__ = ["FewShotHead", "group_support"]
+__all__ = ["FewShotHead", "check_class_text", "group_support"]
 
 
 def group_support(support: torch.Tensor, support_labels: torch.Tensor, way: int) -> torch.Tensor:
@@ -49,6 +51,39 @@ def group_support(support: torch.Tensor, support_labels: torch.Tensor, way: int)
     rows = torch.arange(e, device=support.device).unsqueeze(1)  # [E, 1]
     grouped = support[rows, order]  # [E, N_s, T, D], sorted by label
     return grouped.reshape(e, way, k, *support.shape[2:])  # [E, W, K, T, D]
+
+
+def check_class_text(
+    head: FewShotHead,
+    text: np.ndarray,
+    classes: np.ndarray,
+    *,
+    error: type[FsarError],
+    split: str = "",
+    names: Sequence[str | None] = (),
+    source: str = "the cache",
+) -> None:
+    """A head that uses class text needs the text feature of every class it sees.
+
+    Args:
+        text: ``[C, D]`` text features, NaN rows for classes whose name is unknown.
+        classes: the class ids the head will see.
+        error: the error to raise (CacheError when evaluating, TrainError when training).
+    """
+    if not head.uses_text:
+        return
+    text, used = np.asarray(text), np.unique(np.asarray(classes))
+    bad = [int(c) for c in used if c >= len(text) or np.isnan(text[c]).any()]
+    if not bad:
+        return
+    known = [f"{c}={names[c]!r}" for c in bad[:5] if c < len(names) and names[c]]
+    raise error(
+        f"head {head.name!r} uses class text, but {split + ' ' if split else ''}classes "
+        f"{bad[:5]}{' ...' if len(bad) > 5 else ''} have no text feature in {source} (no name "
+        f"in the recipe{': ' + ', '.join(known) if known else ''}); list their names under "
+        f"data.classes{'.' + split if split else ''} and re-run `fsar cache`, or use a head "
+        "without text (model.head: clipfsar-notext)"
+    )
 
 
 class FewShotHead(nn.Module):

@@ -21,6 +21,8 @@ __all__ = [
     "ReportResult",
     "load_results",
     "markdown_table",
+    "seed_group",
+    "write_predictions",
     "write_report",
 ]
 
@@ -104,11 +106,46 @@ def _column(bench: str, dataset: str, n_way: int, k_shot: int) -> str:
     return f"{name} {k_shot}-shot" if n_way == 5 else f"{name} {n_way}-way {k_shot}-shot"
 
 
+def seed_group(checkpoint: object) -> str | None:
+    """The multi-seed training folder a checkpoint belongs to (``RUN`` for ``RUN/seed-N/x.pt``,
+    written by ``fsar train --seeds``), else None."""
+    if not isinstance(checkpoint, str) or not checkpoint:
+        return None
+    parent = Path(checkpoint).parent
+    if parent.name.startswith("seed-") and parent.name[5:].isdigit():
+        return str(parent.parent)
+    return None
+
+
+def _seed_cell(df: pd.DataFrame, row: pd.Series, col_rows: pd.DataFrame) -> str | None:
+    """``mean ± std (n seeds)`` over the latest evaluation of each seed run of ``row``'s group
+    on the same protocol and episodes, when there are at least two."""
+    group = seed_group(row["checkpoint"])
+    if group is None:
+        return None
+    same = col_rows[
+        (col_rows["checkpoint"].map(seed_group) == group)
+        & (col_rows["seed"].fillna(-1) == (-1 if pd.isna(row["seed"]) else row["seed"]))
+        & (col_rows["n_episodes"] == row["n_episodes"])
+    ]
+    latest = same.sort_values("eval_id").groupby("checkpoint").tail(1)
+    if len(latest) < 2:
+        return None
+    accs = latest["acc_mean"].to_numpy(dtype=float)
+    ci = latest["acc_ci95"].to_numpy(dtype=float).mean()
+    return (
+        f"{accs.mean():.1f} ± {accs.std(ddof=1):.1f} sd ({len(accs)} seeds; per-run CI ± {ci:.1f})"
+    )
+
+
 def markdown_table(frame: pd.DataFrame, *, include_published: bool = True) -> str:
     """A paper-style table: rows = methods (head + encoder), columns = benchmark x shot.
 
     Cells are ``acc ± ci`` in percent; where a method has several evaluations of a cell, the
-    latest counts. Published numbers (5-way, known benchmarks only) follow as rows marked
+    latest counts. Where that evaluation is of one seed of a multi-seed training folder
+    (``fsar train --seeds``), the cell is the mean ± standard deviation over the folder's seeds
+    (each seed's latest evaluation on the same episodes), with the seed count and the mean
+    per-run CI. Published numbers (5-way, known benchmarks only) follow as rows marked
     "(published)", with their sources and caveat in footnotes.
 
     Args:
@@ -131,6 +168,16 @@ def markdown_table(frame: pd.DataFrame, *, include_published: bool = True) -> st
         key = (order.get(row["benchmark"], len(order)), str(row["benchmark"]))
         columns[col] = (*key, int(row["n_way"]), int(row["k_shot"]))
         cells[(m, col)] = f"{row['acc_mean']:.1f} ± {row['acc_ci95']:.1f}"
+        if seed_group(row["checkpoint"]) is not None:
+            same_col = df[
+                (df["benchmark"] == row["benchmark"])
+                & (df["split"] == row["split"])
+                & (df["n_way"] == row["n_way"])
+                & (df["k_shot"] == row["k_shot"])
+                & (df["head"] == row["head"])
+                & (df["encoder"] == row["encoder"])
+            ]
+            cells[(m, col)] = _seed_cell(df, row, same_col) or cells[(m, col)]
     cols = sorted(columns, key=lambda c: columns[c])
     lines = [
         "| method | " + " | ".join(cols) + " |",
@@ -214,3 +261,33 @@ def write_report(
             atomic.write_text(path, text or "")
         log.info("wrote %d results to %s", len(frame), path)
     return ReportResult(frame, path, text, fmt)
+
+
+def write_predictions(
+    eval_id: int, out: str | Path, *, db: str | Path | None = None
+) -> pd.DataFrame:
+    """Write one evaluation's per-query predictions as CSV (one row per query: episode, slot,
+    label, predicted, class_id, predicted_class_id, class_name, predicted_class_name, correct).
+    Returns the frame."""
+    import json
+
+    rdb = ResultsDB(db)
+    pred = rdb.predictions(int(eval_id))
+    frame = pred.to_frame()
+    rows = rdb.query()
+    store = rows.loc[rows["eval_id"] == int(eval_id), "store"]
+    names: list[str] = []
+    meta = Path(str(store.iloc[0])) / "meta.json" if len(store) else None
+    if meta is not None and meta.is_file():
+        names = [str(n) for n in json.loads(meta.read_text()).get("class_names", [])]
+
+    def name(c: int) -> str:
+        return names[c] if c < len(names) and names[c] else f"class {c}"
+
+    frame["class_name"] = frame["class_id"].map(name)
+    frame["predicted_class_name"] = frame["predicted_class_id"].map(name)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.replacing(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return frame

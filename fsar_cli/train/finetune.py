@@ -1,39 +1,20 @@
-"""End-to-end fine-tuning: the CLIP visual tower and the head, trained from frames (train.mode:
-finetune; METHOD.md sections 4, 5 and 7, the paper's setting).
+"""The finetune mode of ``fsar train``: CLIP visual tower and head trained end to end from frames
+(the paper's setting; METHOD.md 4, 5, 7). Schedule, validation, best step, checkpoints and resume
+are the shared loop's (:mod:`.loop`).
 
-Per optimiser step, ``train.episodes_per_step`` episodes (16, the reference's 4 GPUs x 4
-accumulation steps) are processed one at a time (micro-batches of one episode: frames ->
-visual tower -> head -> ``loss / episodes_per_step`` -> backward), so the gradient of a step is that
-of the mean loss over its episodes while memory holds the activations of one episode only.
+- Step: the step's episodes one at a time (frames -> tower -> head -> ``loss / E`` -> backward),
+  so memory holds one episode's activations; under ``torchrun`` gradients are averaged across
+  ranks (BatchNorm statistics are rank 0's).
+- Data (:mod:`.finetune_data`): ``EpisodeClips`` in ``train.workers`` DataLoader processes, frames
+  seeded per (train.seed, episode, slot), so a resume and any worker count see the same data.
+- Text: computed once with the frozen text tower; the frozen-mode adapter is not used.
+- Memory (:mod:`.tower`): bf16 autocast on CUDA (fp16 with a gradient scaler without bf16) when
+  ``train.amp``; ``train.grad_checkpointing`` recomputes each residual block in the backward pass.
+- Validation: the fixed episodes' videos encoded with the current tower (centre sampling and crop).
 
-- Data (:mod:`fsar_cli.train.finetune_data`): :class:`fsar_cli.data.clips.EpisodeClips` in
-  ``train.workers`` DataLoader processes, frames seeded per (train.seed, episode, slot), so a
-  resumed run, and any worker count, see the same data.
-- Text: the train classes' text features (``features.prompt``) are computed once with the frozen
-  text tower, which never reaches the accelerator.
-- Losses and head: as the frozen mode (``head.batch_episode_loss``: few-shot CE + ``lambda_vt`` x
-  video-text CE against all train classes), except that the frozen-mode adapter is not used
-  (``model.adapter`` is taken as ``none``): here the tower itself is trained, as in the paper.
-- Optimiser and schedule: the frozen trainer's (:func:`.schedule.build_optimizer`, Adam
-  with L2 ``train.weight_decay`` except on normalisation parameters, :func:`lr_at`).
-- Memory (:mod:`.tower`): bf16 autocast on CUDA (fp16 with a gradient scaler where bf16
-  is missing) when ``train.amp``; ``train.grad_checkpointing`` recomputes each residual block of
-  the tower in the backward pass instead of keeping its activations.
-- Validation: every ``train.val_every`` steps the validation videos of ``train.val_episodes``
-  fixed episodes are encoded with the current tower (centre sampling and crop, no augmentation) and
-  evaluated with :func:`fsar_cli.evaluation.batched.episode_accuracies`; the best step is kept.
-
-Under ``torchrun`` the episodes of a step are split across ranks and the gradients averaged
-(:meth:`fsar_cli.distributed.Dist.all_reduce_grads_`, the DistributedDataParallel update; BatchNorm
-statistics are rank 0's); only rank 0 writes files. Dropout streams are the frozen trainer's
-(:mod:`fsar_cli.train.rng`): rank 0 keeps the single-process stream, rank ``r > 0`` one seeded by
-``(train.seed, r)``; a resume with another number of processes reseeds them and warns.
-
-Run folder: as :mod:`.loop` (``last.pt`` also holds ``tower_state``, the optimiser state of
-the tower and the head, and the RNG state of every rank), plus ``tower.pt``, the visual tower of
-``best.pt`` as ``{"visual.<key>": tensor}`` (OpenAI CLIP names), and ``tower.json`` naming its
-architecture: ``fsar cache --encoder <tower.json encoder> --weights <run>/tower.pt`` caches features
-with the fine-tuned tower.
+Run folder: ``last.pt`` also holds ``tower_state`` and the scaler; ``tower.pt`` is the visual
+tower of ``best.pt`` (``{"visual.<key>": tensor}``, OpenAI CLIP names) and ``tower.json`` names
+its architecture, so ``fsar cache --weights RUN`` caches features with the fine-tuned tower.
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@
 - :func:`episode_source`: a split's entries, where their frames are, and a sampler over the videos
   that exist; :func:`frame_loader` decodes items in order in ``train.workers`` processes.
 - :func:`class_text`: text features of the class names, computed once with the frozen text tower;
-  :func:`check_class_text` refuses a text head on unnamed classes.
 - :class:`ValEpisodes` / :func:`validate`: the fixed validation episodes, whose videos are
   encoded with the current tower (centre sampling and crop, no augmentation, split across ranks)
   and evaluated with :func:`fsar_cli.evaluation.batched.episode_accuracies`.
@@ -24,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from .. import distributed
 from ..data.clips import ClipSpec, VideoClips, split_sources
 from ..episodes import EpisodeBatch, EpisodeSampler
-from ..errors import DataError, TrainError
+from ..errors import DataError
 from ..evaluation.batched import episode_accuracies
 from ..evaluation.metrics import mean_and_ci95
 from ..models.base import FewShotHead
@@ -35,7 +34,6 @@ __all__ = [
     "episode_source",
     "frame_loader",
     "class_text",
-    "check_class_text",
     "ValEpisodes",
     "validate",
 ]
@@ -51,16 +49,6 @@ def class_text(encoder: Any, names: tuple[str | None, ...], prompt: str) -> np.n
         feats = encoder.encode_text([prompt.format(n) for _, n in known])  # [C_known, D]
         text[[i for i, _ in known]] = feats.numpy()
     return text
-
-
-def check_class_text(text: np.ndarray, classes: np.ndarray, split: str, names: tuple) -> None:
-    bad = [int(c) for c in np.unique(classes) if c >= len(text) or np.isnan(text[c]).any()]
-    if bad:
-        raise TrainError(
-            f"the head uses class text, but {split} classes {bad[:5]} have no name in the recipe "
-            f"(data.classes.{split} lists {len(names)}); add their names, or use a head without "
-            "text (model.head: clipfsar-notext)"
-        )
 
 
 def frame_loader(ds: Dataset, workers: int, dev: torch.device, seed: int) -> DataLoader:

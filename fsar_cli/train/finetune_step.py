@@ -21,9 +21,9 @@ from torch import nn
 from .. import distributed
 from ..errors import DataError, TrainError
 from ..models import create_head
-from ..models.base import FewShotHead
+from ..models.base import FewShotHead, check_class_text
 from ..recipe import Recipe
-from .finetune_data import check_class_text, class_text
+from .finetune_data import class_text
 from .schedule import build_optimizer
 from .tower import enable_grad_checkpointing, episode_loss
 
@@ -80,9 +80,11 @@ def build_model(
     torch.manual_seed(cfg.seed)  # the head's initial weights (and dropout, until a resume)
     model_cfg = dataclasses.replace(recipe.model, adapter="none")  # the tower itself trains
     head = create_head(model_cfg.head, dim=enc.dim, cfg=model_cfg).to(dev).train()
-    if getattr(head, "uses_text", False):
-        check_class_text(text, classes, "train", names)
-        check_class_text(v_text, val_classes, val_split, v_names)
+    for t, cls, split, n in (
+        (text, classes, "train", names),
+        (v_text, val_classes, val_split, v_names),
+    ):
+        check_class_text(head, t, cls, error=TrainError, split=split, names=n, source="the recipe")
     modules = nn.ModuleDict({"tower": visual, "head": head})
     return FinetuneModel(
         enc,

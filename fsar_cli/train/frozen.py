@@ -1,32 +1,14 @@
-"""Episodic meta-training of a few-shot head on cached features (``fsar train``; METHOD.md 4, 5, 7).
+"""The frozen mode of ``fsar train``: the head trains on cached features (METHOD.md 4, 5, 7).
 
-One optimiser step = ``train.episodes_per_step`` episodes (16, the reference's 4 GPUs x 4
-accumulation steps) of ``n_way``-way ``k_shot``-shot ``n_query``-query, all in one batched forward
-(``head.batch_episode_loss``); the loss is their mean, ``CE_fewshot + lambda_vt * CE_videotext``,
-where the video-text loss is taken against the text of all meta-train classes. Episode ``j`` of
-step ``s`` is episode index ``s * episodes_per_step + j`` of the seeded sampler, and the torch RNG
-(dropout) is saved with every checkpoint, so a killed and resumed run ends with exactly the weights
-of an uninterrupted one. Checkpoints are selected on the validation split (never on test, unless
-the recipe says ``train.select_on: test``, the reference's behaviour, labelled as such).
-
-In the frozen mode the tower is not trained; what trains is the head: the temporal Transformer
-and the video-text ``scale`` (the reference head exactly, ``model.adapter: none``, the default).
-``model.adapter: residual`` adds a zero-initialised residual MLP on the cached features through
-which both losses flow; ``benchmarks/adapter_effect.py`` measures the two (README, "heads"): on the
-synthetic benchmark the adapter gains nothing and, with a large ``lambda_vt``, costs accuracy, so
-it is off by default.
-
-Under ``torchrun`` (:mod:`fsar_cli.distributed`) rank ``r`` computes the loss of its contiguous
-share ``Dist.split(episodes_per_step)`` of every step's episodes, weighted so that the gradients
-averaged across ranks (the DistributedDataParallel update) are those of the mean loss over all
-the step's episodes, also when the split is uneven; the global episodes per step stay the
-recipe's. Validation episodes are split across ranks and their accuracies gathered (numbers
-identical to a single process). Only rank 0 writes the run folder. ``last.pt`` holds every rank's
-RNG state; a resume with the same number of processes restores each rank's own, one with another
-number reseeds every rank's dropout from ``(train.seed, step, rank)`` (logged as a warning).
-Ranks other than 0 draw dropout from a stream seeded by ``(train.seed, rank)``; rank 0 keeps the
-single-process stream.
-
+One optimiser step is ``train.episodes_per_step`` episodes in one batched forward
+(``head.batch_episode_loss``): the mean of ``CE_fewshot + lambda_vt * CE_videotext``, the video-text
+loss against the text of all meta-train classes. The tower is not trained; the head is: the
+temporal Transformer and the video-text ``scale`` (the reference head, ``model.adapter: none``).
+``model.adapter: residual`` adds a zero-initialised residual MLP on the cached features;
+``benchmarks/adapter_effect.py`` measures it (no gain on the synthetic benchmark, so it is off).
+Under ``torchrun`` each rank's loss is weighted so that the averaged gradients are those of the
+mean over all the step's episodes, also for uneven shares. Schedule, validation, best step,
+checkpoints and resume are the shared loop's (:mod:`.loop`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from ..episodes import EpisodeBatch, EpisodeSampler
 from ..errors import CacheError, TrainError
 from ..features.store import FeatureStore, store_path
 from ..models import create_head
-from ..models.base import FewShotHead
+from ..models.base import FewShotHead, check_class_text
 from ..recipe import Recipe
 
 __all__ = ["TrainSetup", "build_setup"]
@@ -27,23 +27,6 @@ log = logging.getLogger(__name__)
 
 def _open(recipe: Recipe, split: str) -> FeatureStore:
     return FeatureStore.open(store_path(recipe.features.cache_dir, split))
-
-
-def _check_text(store: FeatureStore, split: str, head: str, classes: np.ndarray) -> None:
-    """A text-using head needs the text of every class it sees."""
-    bad = [int(c) for c in classes if np.isnan(store.text[c]).any()]
-    if bad:
-        names = store.class_names
-        shown = ", ".join(
-            f"id {c}" + (f" ({names[c]!r})" if c < len(names) else "") for c in bad[:5]
-        )
-        raise TrainError(
-            f"head {head!r} uses class text, but {len(bad)} {split} class(es) have no text "
-            f"feature in {store.path} ({shown}{' ...' if len(bad) > 5 else ''}): their names are "
-            f"unknown; list them under the recipe key data.classes.{split} and re-run "
-            f"`fsar cache` for the {split} split, or train a head without text "
-            "(model.head: clipfsar-notext)"
-        )
 
 
 def _check_compatible(train: FeatureStore, other: FeatureStore) -> None:
@@ -117,10 +100,20 @@ def build_setup(recipe: Recipe, dev: torch.device) -> TrainSetup:
     for store, name in ((train_store, "train"), (val_store, sel_split)):
         if store.n_missing:
             log.warning("%s: %s; sampling from the others", name, store.missing_summary())
-    if getattr(head, "uses_text", False):
-        # the video-text loss uses the text of every meta-train class, sampled or not
-        _check_text(train_store, "train", head.name, np.arange(len(train_store.text)))
-        _check_text(val_store, sel_split, head.name, np.unique(val_batch.classes))
+    # the video-text loss uses the text of every meta-train class, sampled or not
+    for store, split, classes in (
+        (train_store, "train", np.arange(len(train_store.text))),
+        (val_store, sel_split, val_batch.classes),
+    ):
+        check_class_text(
+            head,
+            store.text,
+            classes,
+            error=TrainError,
+            split=split,
+            names=store.class_names,
+            source=str(store.path),
+        )
     # A class without text (possible only for a head without text) gets a zero row: never used.
     text_np = np.nan_to_num(np.asarray(train_store.text, np.float32), nan=0.0)
     return TrainSetup(

@@ -1,19 +1,14 @@
 """The one training loop of both modes: schedule, resume, validation, best step, checkpoints.
 
-A mode (:class:`TrainMode`: :mod:`.frozen` on cached features, :mod:`.finetune` from frames)
-supplies only what really differs: what one optimiser step trains on, how validation episodes are
-scored, and which weights its checkpoints hold. Everything else is here, once:
-
-- optimiser step ``s`` (0-based) runs episodes ``s * E .. s * E + E - 1`` of the seeded sampler,
-  with ``E = train.episodes_per_step``; under ``torchrun`` rank ``r`` runs its contiguous share
-  ``Dist.split(E)`` of them, so neither an interruption nor the number of processes changes which
-  episodes a step sees;
-- validation every ``train.val_every`` steps and at the last step; the best step so far is kept
-  (``best.pt``);
-- ``last.pt`` every ``train.checkpoint_every`` steps and at the last step run, holding the mode's
-  weights, the optimiser, every rank's RNG state and the loop's own state (step, best, seconds),
-  so ``--resume`` ends with the weights of an uninterrupted run;
-- ``metrics.csv`` one row per step (rank 0), ``summary.json`` at the end, :class:`TrainResult`.
+A mode (:class:`TrainMode`; :mod:`.frozen`, :mod:`.finetune`) supplies only what differs: one
+step's training, validation scoring, and the weights its checkpoints hold. Step ``s`` runs
+episodes ``s * E .. s * E + E - 1`` of the seeded sampler (``E = train.episodes_per_step``; under
+``torchrun`` rank ``r`` runs its share ``Dist.split(E)``), so neither an interruption nor the
+number of processes changes a step's episodes. Validation every ``train.val_every`` steps and at
+the end keeps the best step (``best.pt``); ``last.pt`` (every ``train.checkpoint_every`` steps and
+at the last step run) holds the weights, the optimiser, every rank's RNG state and the loop's
+state, so ``--resume`` ends with the weights of an uninterrupted run. Rank 0 writes
+``metrics.csv`` (a row per step) and ``summary.json``.
 """
 
 from __future__ import annotations

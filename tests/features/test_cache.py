@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_recipe as _recipe
+from helpers import tiny_recipe as _recipe
 from typer.testing import CliRunner
 
 from fsar_cli.cli.app import app
@@ -32,7 +32,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import clip
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 TINY = SHARED / "fixtures" / "ssv2_tiny"
 
@@ -212,6 +212,7 @@ def test_shards_read_as_one_store(
         parse_shard("4/4")
 
 
+@pytest.mark.slow
 def test_recovers_a_crash_inside_the_final_rename(
     reference: tuple[Path, Recipe], encoder: Encoder, tmp_path: Path
 ) -> None:
@@ -240,6 +241,7 @@ app(sys.argv[1:], prog_name="fsar")
 """
 
 
+@pytest.mark.slow
 def test_kill_and_resume_is_byte_identical(reference: tuple[Path, Recipe], tmp_path: Path) -> None:
     recipe_file = _recipe(tmp_path, "killed", batch_size=8)
     args = ["cache", str(recipe_file), "--split", "test", "--device", "cpu"]

@@ -13,15 +13,10 @@ from fsar_cli.cli.app import app
 from fsar_cli.data.check import check_dataset
 from fsar_cli.recipe import load_recipe
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 VIDEOS = SHARED / "fixtures" / "videos"
 TINY = SHARED / "fixtures" / "ssv2_tiny"
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("FSAR_NO_PROGRESS", "1")
 
 
 def _recipe(tmp_path: Path, lines: list[str], name: str = "vids") -> Path:

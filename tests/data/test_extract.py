@@ -24,16 +24,11 @@ from fsar_cli.data.extract import MARKER, extract_frames
 from fsar_cli.data.frames import sample_indices
 from fsar_cli.errors import DataError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 VIDEOS = SHARED / "fixtures" / "videos"
 NAMES = ("arm_wrestling.mp4", "bigbuckbunny.mp4", "cleaning_pool.mp4", "eye_makeup.avi")
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("FSAR_NO_PROGRESS", "1")
 
 
 def _decoded(path: Path) -> tuple[int, float]:
@@ -181,6 +176,7 @@ def _run_cli(args: list[str]) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_same_tree(tmp_path):
     src = _copy_videos(tmp_path / "in")
     opts = ["--input", str(src), "--short-side", "64", "--workers", "1"]

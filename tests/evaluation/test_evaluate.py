@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import SMALL_MODEL, write_recipe
 from typer.testing import CliRunner
 
 from fsar_cli.cli.app import app
@@ -45,14 +46,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
 
 
 def _recipe_yaml(tmp_path: Path, cache_dir: Path, episodes: int = 40) -> Path:
-    path = tmp_path / f"tiny_{cache_dir.name}.yaml"
-    path.write_text(
-        "name: tiny\ndataset: Tiny\n"
-        f"features:\n  cache_dir: {cache_dir}\n"
-        "model:\n  num_heads: 4\n  ffn_dim: 64\n  adapter_hidden: 16\n"
-        f"eval:\n  episodes: {episodes}\n  batch_episodes: 16\n"
+    return write_recipe(
+        tmp_path / f"tiny_{cache_dir.name}.yaml",
+        dataset="Tiny",
+        features={"cache_dir": str(cache_dir)},
+        model=SMALL_MODEL,
+        eval={"episodes": episodes, "batch_episodes": 16},
     )
-    return path
 
 
 def _head(name: str, merge_before: bool = True) -> torch.nn.Module:
@@ -106,7 +106,7 @@ def test_fast_path_with_several_views(tmp_path: Path) -> None:
     )
 
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
 
 
 @pytest.mark.parametrize("ep", ["a", "b", "c"])

@@ -7,12 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import make_recipe
 from typer.testing import CliRunner
 
 from fsar_cli.cli.app import app
@@ -24,49 +24,10 @@ from fsar_cli.train.frozen import meta_train
 from fsar_cli.train.loop import TEST_LABEL, TrainResult
 from fsar_cli.train.runs import MetricsLog
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
-# Tiny head; dropout stays at the reference's 0.2 / 0.05 so the torch RNG state matters on resume.
-MODEL = "{ffn_dim: 64, adapter: residual, adapter_hidden: 16, num_heads: 4}"
-TRAIN = (
-    "steps: 12, episodes_per_step: 4, lr: 1.0e-3, warmup_lr: 1.0e-4, lr_step: 4, "
-    "val_every: 5, val_episodes: 20, checkpoint_every: 4, lambda_vt: 1.0"
-)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: bitwise-repeatable CPU sums, and the same count as the subprocess."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def make_recipe(
-    root: Path,
-    train: str = TRAIN,
-    noise: float = 1.0,
-    nan_split: str | None = None,
-    test: bool = False,
-) -> Path:
-    """Synthetic train/val(/test) stores (D = 32) under ``root/cache``, and a recipe using them."""
-    cache = root / "cache"
-    if not (cache / "train").is_dir():
-        synthetic_store(cache / "train", 8, 6, dim=32, seed=0, noise=noise, split="train")
-        synthetic_store(cache / "val", 6, 4, dim=32, seed=1, noise=noise, split="val")
-        if test:
-            synthetic_store(cache / "test", 6, 4, dim=32, seed=2, noise=noise, split="test")
-        if nan_split:  # the recipe does not know the name of class 2 of that split
-            text = np.load(cache / nan_split / "text.npy")
-            text[2] = np.nan
-            np.save(cache / nan_split / "text.npy", text)
-    path = root / "recipe.yaml"
-    path.write_text(
-        f"name: tiny\nfeatures: {{cache_dir: {cache}}}\nmodel: {MODEL}\ntrain: {{{train}}}\n"
-    )
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -171,6 +132,7 @@ def test_stop_and_resume_equals_uninterrupted(uninterrupted: tuple[Path, Path]) 
     assert_same_weights(a.state_dict(), b.state_dict())
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_equals_uninterrupted(uninterrupted: tuple[Path, Path]) -> None:
     recipe_path, ref = uninterrupted
     run = recipe_path.parent / "killed"

@@ -7,7 +7,6 @@ import dataclasses
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from fsar_cli.train.finetune import finetune_train
 from fsar_cli.train.loop import TrainResult
 from fsar_cli.train.tower import enable_grad_checkpointing, encode_clips, episode_loss
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 TINY = SHARED / "fixtures" / "ssv2_tiny"
 TRAIN_NAMES = ["pushing", "pulling", "dropping", "lifting", "folding"]
@@ -39,12 +38,7 @@ TRAIN = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # bitwise-repeatable CPU sums
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -251,6 +245,7 @@ def test_refusals(data: Path, tmp_path: Path) -> None:
         finetune_train(unnamed, tmp_path / "y")
 
 
+@pytest.mark.slow
 def test_two_ranks_train_like_one_process(data: Path, tmp_path: Path) -> None:
     """torchrun, 2 CPU ranks (gloo), one episode each per step: the weights of one process."""
     train = TRAIN.replace("steps: 4", "steps: 2")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import SMALL_MODEL, write_recipe
 from typer.testing import CliRunner
 
 from fsar_cli.cli.app import app
@@ -19,15 +20,15 @@ from fsar_cli.results.db import ResultsDB
 
 
 def _recipe(tmp_path: Path, name: str, cache: Path, split_name: str = "") -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(
-        f"name: {name}\ndataset: {name.title()}\n"
-        f"data:\n  split_name: '{split_name}'\n"
-        f"features:\n  cache_dir: {cache}\n"
-        "model:\n  num_heads: 4\n  ffn_dim: 64\n  adapter_hidden: 16\n"
-        "eval:\n  episodes: 20\n"
+    return write_recipe(
+        tmp_path / f"{name}.yaml",
+        name,
+        dataset=name.title(),
+        data={"split_name": split_name},
+        features={"cache_dir": str(cache)},
+        model=SMALL_MODEL,
+        eval={"episodes": 20},
     )
-    return path
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from fsar_cli.cli.app import app
 from fsar_cli.errors import RecipeError
 
 runner = CliRunner()
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO.parent / "shared" / "fixtures" / "ssv2_tiny"
 
 
@@ -26,6 +26,7 @@ def test_help_lists_commands() -> None:
     assert "recipes" in result.output
 
 
+@pytest.mark.slow
 def test_python_m_entry_point() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "fsar_cli", "--version"], capture_output=True, text=True, check=True
@@ -57,6 +58,7 @@ def test_debug_switch_re_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(result.exception, RecipeError)
 
 
+@pytest.mark.slow
 def test_importing_the_cli_does_not_import_torch() -> None:
     # `fsar --help` stays fast: command modules import torch-heavy library code when they run.
     code = "import fsar_cli.cli.app, sys; print('torch' in sys.modules)"

@@ -19,14 +19,8 @@ from fsar_cli.data.download import (
 )
 from fsar_cli.errors import DataError
 
-BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks"
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("FSAR_NO_PROGRESS", "1")
-    monkeypatch.delenv("FSAR_SPLITS_URL", raising=False)
 
 
 def _serve(tmp_path: Path, *names: str) -> Path:

@@ -13,7 +13,7 @@ import torch
 
 from fsar_cli.models import frame_distances, load_reference_checkpoint, reference_key_to_fsar
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+REF = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
 ATOL = 1e-5
 
 pytestmark = pytest.mark.skipif(not REF.is_dir(), reason=f"reference outputs not found at {REF}")
