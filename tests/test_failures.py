@@ -76,6 +76,7 @@ def test_extract_keeps_a_folder_it_did_not_write(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
 
 
+@pytest.mark.slow
 def test_cache_keeps_user_files_in_a_store_folder(tmp_path: Path) -> None:
     recipe = tiny_recipe(tmp_path)
     mine = tmp_path / "cache-tiny" / "test" / "my_notes.txt"
@@ -378,6 +379,7 @@ def _set_meta(store: Path, **changes: object) -> None:
     (store / "meta.json").write_text(json.dumps(meta))
 
 
+@pytest.mark.slow
 def test_features_of_other_weights_are_refused_in_eval_and_resume(tmp_path: Path) -> None:
     from fsar_cli.models import load_head_checkpoint
 
@@ -405,6 +407,7 @@ def test_features_of_other_weights_are_refused_in_eval_and_resume(tmp_path: Path
     assert res.exit_code == 0, res.output
 
 
+@pytest.mark.slow
 def test_old_checkpoint_without_provenance_is_accepted_with_a_warning(tmp_path: Path) -> None:
     from fsar_cli.models import create_head, save_head_checkpoint
     from fsar_cli.recipe import load_recipe
