@@ -439,9 +439,10 @@ def test_split_files_duplicates_encodings_and_empty(tmp_path: Path) -> None:
     split.write_bytes("\n".join(lines).encode() + b"\ntest0/caf\xe9\n")  # latin-1
     res = _fsar("data", "check", recipe, "--split", "test")
     _one_line_error(res, f"{split}:{len(lines) + 1}", "UTF-8")
-    split.write_text("\n\n")
-    res = _fsar("cache", recipe, "--split", "test")
-    _one_line_error(res, str(split), "no videos")
+    split.write_text("\n\n")  # an empty split is not "complete"
+    res = _fsar("data", "check", recipe, "--split", "test", "--frames")
+    assert res.exit_code == 1 and "test split file lists no videos" in res.output, res.output
+    assert "incomplete" in res.output
 
 
 def _saved_episodes(tmp_path: Path) -> tuple[Path, Path, dict[str, object]]:

@@ -60,6 +60,7 @@ class CheckResult:
     deep: bool
     classes: list[ClassCount] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)  # splits whose split file lists no video
 
     @property
     def splits(self) -> list[str]:
@@ -81,7 +82,7 @@ class CheckResult:
     @property
     def complete(self) -> bool:
         t = self.totals()
-        return t.missing == 0 and t.undecodable == 0
+        return t.missing == 0 and t.undecodable == 0 and not self.empty
 
 
 def _declared_frames(path: Path) -> int:
@@ -187,6 +188,7 @@ def check_dataset(
     report = on_progress or (lambda *a, **k: None)
     report(0, total=sum(len(e) for e in entries.values()))
     result = CheckResult(root=base, mode="frames" if frames else "videos", deep=deep)
+    result.empty = [s for s, items in entries.items() if not items]  # not "complete": empty
     verify = _check_frames if frames else _check_video
     with cf.ThreadPoolExecutor(max_workers=workers) as pool:
         for split, items in entries.items():

@@ -116,11 +116,6 @@ def read_split(
         else:
             cid = first_seen.setdefault(norm, len(first_seen))
         entries.append(SplitEntry(split, cid, cls, rest, no))
-    if not entries:
-        raise DataError(
-            f"split file {str(path)!r} lists no videos (empty); fill it, or point data.split_dir "
-            "at the right folder"
-        )
     seen: dict[str, int] = {}
     dups = [(e, seen[e.key]) for e in entries if seen.setdefault(e.key, e.line_no) != e.line_no]
     if dups:  # one video twice becomes support and query of one episode
