@@ -695,3 +695,20 @@ def test_permission_error_is_not_called_corrupt(
     res = _fsar("eval", recipe, "--head", "proto", "--no-record")
     text = _one_line_error(res, "index.csv", "permission denied", "chmod")
     assert "corrupt" not in text and "unreadable" not in text
+
+
+def test_data_import_keeps_files_it_did_not_write(tmp_path: Path) -> None:
+    src = tmp_path / "mine"
+    for c in range(3):
+        for v in sorted(p.name for p in (TINY / "test" / f"test{c}").iterdir())[:2]:
+            shutil.copytree(TINY / "test" / f"test{c}" / v, src / f"class_{c}" / v)
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "classes.json").write_text("my classes")
+    res = _fsar("data", "import", src, "--out", out, "--test", 2)
+    _one_line_error(res, str(out / "classes.json"), "another --out")
+    assert _user_files(out) == {"classes.json": b"my classes"}
+    fresh = tmp_path / "fresh"
+    assert _fsar("data", "import", src, "--out", fresh, "--test", 2).exit_code == 0
+    res = _fsar("data", "import", src, "--out", fresh, "--test", 1)  # redoing its own import
+    assert res.exit_code == 0, res.output

@@ -23,6 +23,7 @@ import yaml
 
 from .. import atomic
 from ..errors import DataError
+from ..ownership import claim
 from .labelled import read_support
 
 __all__ = ["ImportResult", "import_dataset"]
@@ -35,6 +36,23 @@ class ImportResult:
     classes: dict[str, list[str]]  # split -> class names
     videos: dict[str, int]  # split -> videos
     source: str  # "videos" or "frames"
+
+
+_WAY_OUT = "choose another --out folder (a new or empty one)"
+
+
+def _imported_here(out: Path) -> bool:
+    """Whether ``out`` holds what an earlier ``fsar data import`` wrote (its recipe says so)."""
+    for path in out.glob("*.yaml") if out.is_dir() else ():
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(doc, dict) and str(doc.get("description", "")).startswith(
+            "imported by `fsar data import`"
+        ):
+            return (out / "classes.json").is_file()
+    return False
 
 
 def import_dataset(
@@ -70,6 +88,14 @@ def import_dataset(
         "val": sorted(shuffled[test : test + val]),
         "train": sorted(shuffled[test + val :]),
     }
+    name = name or out.name
+    targets = [out / f"{s}_few_shot.txt" for s in split_classes] + [
+        out / "classes.json",
+        out / f"{name}.yaml",
+    ]
+    ours = _imported_here(out)  # an earlier `fsar data import` into out may be redone
+    for target in targets:
+        claim(target, kind="file", ours=lambda p: ours, what="import output", way_out=_WAY_OUT)
     out.mkdir(parents=True, exist_ok=True)
     videos = {}
     for split, names in split_classes.items():
@@ -87,7 +113,6 @@ def import_dataset(
         videos[split] = len(lines)
         atomic.write_text(out / f"{split}_few_shot.txt", "\n".join(lines) + ("\n" if lines else ""))
     atomic.write_text(out / "classes.json", json.dumps(split_classes, indent=1))
-    name = name or out.name
     kind = kinds.pop()
     data = {
         "split_name": name,
