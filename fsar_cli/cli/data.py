@@ -88,9 +88,9 @@ def check(
             )
         console.print(table)
     t = result.totals()
-    for split in result.empty:
+    for empty in result.empty:
         err_console.print(
-            f"[yellow]empty[/]: the {split} split file lists no videos", highlight=False
+            f"[yellow]empty[/]: the {empty} split file lists no videos", highlight=False
         )
     if result.complete:
         console.print(f"[green]complete[/]: all {t.listed} listed {what} present and decodable")
