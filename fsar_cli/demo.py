@@ -6,7 +6,9 @@ The encoder is fsar's own small CLIP (:mod:`fsar_cli.encoders.offline`, *not* th
 trained once and cached; ``backbone="ViT-B/32"`` (or any CLIP name) uses real CLIP instead, for
 users with internet. Every stage reuses what a previous run finished: the synthetic videos, the
 frames, the cache, the training runs (resumed if interrupted) and the evaluations (kept in
-``<out>/evals/`` keyed by their settings and the checkpoint they used).
+``<out>/evals/`` keyed by their settings and the checkpoint they used). ``<out>/demo_state.json``
+records the resolved settings each stage was made with; a stage whose settings (or whose inputs)
+changed is redone, and everything downstream of it, instead of being reused.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -113,6 +116,53 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _key(*parts: Any) -> str:
+    """A short digest of JSON-able settings (dataclasses included)."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return dataclasses.asdict(v)
+        return str(v)
+
+    text = json.dumps(parts, sort_keys=True, default=plain)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _inside(path: Path, out: Path) -> bool:
+    try:
+        return Path(path).resolve().is_relative_to(out.resolve())
+    except OSError:
+        return False
+
+
+def _forget(path: Path, out: Path, why: str) -> bool:
+    """Delete a stage's output folder (only inside ``out``) so the stage is redone."""
+    path = Path(path)
+    if not path.exists() or not _inside(path, out):
+        return False
+    log.info("demo: %s changed; redoing %s", why, path)
+    shutil.rmtree(path)
+    return True
+
+
+class _State:
+    """``<out>/demo_state.json``: the settings key each finished stage was made with."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / "demo_state.json"
+        try:
+            self.keys: dict[str, str] = dict(json.loads(self.path.read_text()))
+        except (OSError, ValueError):
+            self.keys = {}
+
+    def changed(self, stage: str, key: str) -> bool:
+        return self.keys.get(stage) != key
+
+    def set(self, stage: str, key: str) -> None:
+        self.keys[stage] = key
+        atomic.write_text(self.path, json.dumps(self.keys, indent=1, sort_keys=True))
+
+
 def _zero_shot(weights: Path, out: Path) -> dict[str, Any]:
     """The offline encoder's own zero-shot numbers (computed once per weights file)."""
     from .encoders.offline import evaluate_offline_encoder
@@ -129,11 +179,22 @@ def _zero_shot(weights: Path, out: Path) -> dict[str, Any]:
 
 
 def _train(
-    recipe: Recipe, head: str, run_dir: Path, device: str, on_progress: ProgressFn | None
+    recipe: Recipe,
+    head: str,
+    run_dir: Path,
+    device: str,
+    on_progress: ProgressFn | None,
+    state: _State,
+    key: str,
+    out: Path,
 ) -> tuple[dict[str, Any], bool]:
-    """Train ``head`` into ``run_dir``: reuse a finished run, resume an interrupted one."""
+    """Train ``head`` into ``run_dir``: reuse a finished run made with the same settings (``key``),
+    resume an interrupted one, start over when the settings changed."""
     from .train.frozen import meta_train
 
+    stage = f"train {head}"
+    if state.changed(stage, key):
+        _forget(run_dir, out, f"the settings of {stage}")
     summary = run_dir / "summary.json"
     if summary.is_file():
         done = json.loads(summary.read_text())
@@ -146,6 +207,7 @@ def _train(
             claim(run_dir, kind="dir", what="demo run folder", way_out="use another demo folder")
         for name in ("resolved_recipe.yaml", "metrics.csv", "summary.json"):  # fsar's files only
             (run_dir / name).unlink(missing_ok=True)
+    state.set(stage, key)  # set before training: an interrupted run resumes with these settings
     meta_train(recipe, run_dir, resume=resume, device=device, on_progress=on_progress)
     return json.loads(summary.read_text()), False
 
@@ -213,6 +275,7 @@ def run_demo(
     shots: tuple[int, ...] = (1, 5),
     overrides: list[str] | tuple[str, ...] = (),
     device: str = "cpu",
+    overwrite: bool = False,
     on_stage: StageFn | None = None,
     on_progress: ProgressFn | None = None,
 ) -> DemoResult:
@@ -224,6 +287,8 @@ def run_demo(
         episodes: test episodes per (head, shot); default the synth recipe's ``eval.episodes``.
         train_steps: optimiser steps of each meta-training run; default the recipe's.
         overrides: extra ``key=value`` recipe overrides (applied to every stage).
+        overwrite: replace a ``<out>/synth`` (or frames folder) that the demo did not make. Stages
+            the demo made itself are redone without it whenever their settings changed.
         on_stage: called with (stage, detail) as each stage starts.
         on_progress: the progress callback handed to each stage (``total`` is reset per stage).
     """
@@ -255,13 +320,20 @@ def run_demo(
         return time.perf_counter()
 
     # 1. the synthetic benchmark, as real video files + split files
+    state = _State(out)
     t = stage("synth", f"rendering videos into {out / 'synth'}")
+    made_by_fsar = (out / "synth" / "synth.json").is_file()  # other settings: render it again
     synth = render_dataset(
-        out / "synth", seed=seed, videos_per_class=videos_per_class, on_progress=on_progress
+        out / "synth",
+        seed=seed,
+        videos_per_class=videos_per_class,
+        overwrite=overwrite or made_by_fsar,
+        on_progress=on_progress,
     )
     stage_s["synth"] = time.perf_counter() - t
     if synth.reused:
         reused.append("synth")
+    synth_key = _key(synth.settings)
 
     # 2. the encoder
     weights: Path | None = None
@@ -288,25 +360,43 @@ def run_demo(
     episodes = episodes or recipe.eval.episodes
 
     # 3. frames, 4. features
-    t = stage("extract", f"frames into {recipe.data.frames_root}")
+    # (frames of re-rendered videos are re-extracted: extract compares each video's size and
+    # mtime; a cache is only valid for the exact videos, encoder and feature settings it was
+    # made from, so any change there rebuilds it)
+    frames_root = Path(recipe.data.frames_root)
+    extract_key = _key(synth_key, recipe.data)
+    t = stage("extract", f"frames into {frames_root}")
+    if state.changed("extract", extract_key):
+        _forget(frames_root, out, "the synthetic videos")
     ext = extract_frames(
-        recipe.data.frames_root,
+        frames_root,
         recipe=recipe,
         workers=recipe.features.workers,
+        overwrite=overwrite or _inside(frames_root, out),
         on_progress=on_progress,
     )
+    state.set("extract", extract_key)
     stage_s["extract"] = time.perf_counter() - t
     if ext.done == 0:
         reused.append("extract")
-    t = stage("cache", f"features into {recipe.features.cache_dir}")
+    cache_dir = Path(recipe.features.cache_dir)
+    weights_id = _file_digest(weights) if weights is not None else backbone
+    cache_key = _key(extract_key, recipe.features, weights_id)
+    t = stage("cache", f"features into {cache_dir}")
+    if state.changed("cache", cache_key):
+        _forget(cache_dir, out, "the videos, the encoder or the feature settings")
     cache_features(recipe, device=device, on_progress=on_progress)
+    state.set("cache", cache_key)
     stage_s["cache"] = time.perf_counter() - t
 
     # 5. meta-train the two CLIP-FSAR variants (with and without the text token)
     summaries: dict[str, dict[str, Any]] = {}
     for head in TRAINED_HEADS:
         t = stage("train", f"{head}, {recipe.train.steps} steps")
-        summaries[head], was_reused = _train(recipe, head, out / "runs" / head, device, on_progress)
+        key = _key(cache_key, recipe.model, recipe.train, head)
+        summaries[head], was_reused = _train(
+            recipe, head, out / "runs" / head, device, on_progress, state, key, out
+        )
         stage_s[f"train {head}"] = time.perf_counter() - t
         if was_reused:
             reused.append(f"train {head}")
@@ -325,7 +415,8 @@ def run_demo(
             trained = summaries.get(head)
             best = trained.get("best_val_acc") if trained else None
             extra = (
-                f"trained {trained['steps_done']} steps, best val {100 * best:.1f}%"
+                f"trained {trained['steps_done']} steps, best val {100 * best:.1f}% "
+                f"(step {trained.get('best_step')})"
                 if trained and best is not None
                 else ("no support used" if head == "text" else "nothing trained")
             )

@@ -25,11 +25,20 @@ def demo(
     steps: Annotated[int | None, typer.Option(help="Meta-training steps per trained head.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic dataset.")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace a synth or frames folder in --out that the demo did not make. "
+            "(Stages whose settings changed are redone without it.)",
+        ),
+    ] = False,
     overrides: OverrideOpt = None,
 ) -> None:
     """Run synth -> extract -> cache -> train -> eval on a synthetic benchmark and print the table.
 
-    Offline and on a CPU in minutes. Reruns reuse every finished stage.
+    Offline and on a CPU in minutes. Reruns reuse every finished stage made with the same
+    settings, and redo the stages whose settings changed.
     """
     with cli_errors():
         from ..demo import run_demo
@@ -44,6 +53,7 @@ def demo(
                 train_steps=steps,
                 overrides=overrides or [],
                 device=device,
+                overwrite=overwrite,
                 on_stage=on_stage,
                 on_progress=on_progress,
             )
@@ -89,8 +99,8 @@ def _render(res: Any) -> None:
     for k in shots:
         for a, b, what in (
             ("otam", "proto", "aligning frames in time vs frame-averaged prototypes"),
-            ("clipfsar", "otam", "trained CLIP-FSAR vs untrained OTAM"),
-            ("clipfsar", "clipfsar-notext", "what the text token adds"),
+            ("clipfsar-notext", "otam", "meta-training the head, no text, vs untrained OTAM"),
+            ("clipfsar", "clipfsar-notext", "what the class-text token adds"),
         ):
             (ma, ca), (mb, cb) = res.acc(a, k), res.acc(b, k)
             lines.append(
