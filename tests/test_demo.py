@@ -44,3 +44,50 @@ def test_reduced_demo_shows_the_point_of_the_method(tmp_path) -> None:
     assert again.exit_code == 0, again.output
     assert "reused from an earlier run: synth, extract, train clipfsar-notext" in again.output
     pd.testing.assert_frame_equal(pd.read_csv(out / "demo_results.csv"), table)
+
+
+def test_training_runs_are_reused_only_with_the_same_settings(tmp_path, monkeypatch) -> None:
+    """`fsar demo --steps 3` after a 2-step demo retrains; the same settings reuse the run."""
+    import json
+
+    from fsar_cli import demo
+    from fsar_cli.recipe import load_recipe
+    from fsar_cli.train import frozen
+
+    calls: list[int] = []
+
+    def fake_meta_train(recipe, run_dir, *, resume, device, on_progress):
+        calls.append(recipe.train.steps)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        doc = {"finished": True, "steps_done": recipe.train.steps}
+        (run_dir / "summary.json").write_text(json.dumps(doc))
+
+    monkeypatch.setattr(frozen, "meta_train", fake_meta_train)
+    run_dir = tmp_path / "runs" / "clipfsar"
+
+    def train_with(steps: int) -> tuple[dict, bool]:
+        recipe = load_recipe("synth", [f"train.steps={steps}"])
+        key = demo._key("cache-key", recipe.model, recipe.train, "clipfsar")
+        state = demo._State(tmp_path)  # read back from <out>/demo_state.json every time
+        return demo._train(recipe, "clipfsar", run_dir, "cpu", None, state, key, tmp_path)
+
+    assert train_with(2) == ({"finished": True, "steps_done": 2}, False)
+    assert train_with(2)[1] is True and calls == [2]
+    summary, reused = train_with(3)
+    assert not reused and summary["steps_done"] == 3 and calls == [2, 3]
+    assert train_with(3)[1] is True and calls == [2, 3]
+
+
+def test_forget_never_deletes_outside_the_demo_folder(tmp_path) -> None:
+    from fsar_cli import demo
+
+    out, outside = tmp_path / "demo", tmp_path / "elsewhere"
+    (out / "cache").mkdir(parents=True)
+    outside.mkdir()
+    assert not demo._forget(outside, out, "test") and outside.is_dir()
+    assert demo._forget(out / "cache", out, "test") and not (out / "cache").exists()
+
+
+def test_demo_has_the_overwrite_option_its_advice_names() -> None:
+    result = runner.invoke(app, ["demo", "--help"])
+    assert result.exit_code == 0 and "--overwrite" in result.output
