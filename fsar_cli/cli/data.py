@@ -106,7 +106,7 @@ def check(
 def import_command(
     src: Annotated[
         Path,
-        typer.Argument(help="Folder SRC/<class>/<video or frame folder>, or a path,label CSV."),
+        typer.Argument(help="Folder SRC/<class>/<video or frame folder>, or a path,class CSV."),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where split files and recipe go.")],
     name: Annotated[

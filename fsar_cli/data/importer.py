@@ -1,7 +1,7 @@
 """``fsar data import``: your own labelled videos as an fsar benchmark (split files + recipe).
 
 Input: a folder with one subfolder per class (``SRC/<class>/<video or frame folder>``) or a
-``path,label`` CSV, read by the same code as ``fsar predict --support``. Few-shot benchmarks
+``path,class`` CSV, read by the same code as ``fsar predict --support``. Few-shot benchmarks
 split *classes*, not videos: the classes are shuffled with ``seed`` and ``val`` / ``test`` of them
 become the validation and novel (test) classes, the rest the base (train) classes.
 

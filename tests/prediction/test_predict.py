@@ -201,7 +201,7 @@ def test_support_folder_and_failed_query(
         predict(qdir, support=sup, recipe=recipe, head="proto", encoder=encoder)
     bad = tmp_path / "bad.csv"
     bad.write_text("file,class\nx,y\n")
-    with pytest.raises(DataError, match="path and label"):
+    with pytest.raises(DataError, match="path and class"):
         predict(qdir, support=bad, recipe=recipe, head="proto", encoder=encoder)
     with pytest.raises(DataError, match="one way"):
         predict(qdir, recipe=recipe, head="proto", encoder=encoder)
