@@ -35,7 +35,14 @@ import numpy as np
 from .. import __version__, atomic
 from ..errors import DataError
 
-__all__ = ["CLASSES_FORMAT", "EnrolledClasses", "load_classes", "check_identity", "IDENTITY_KEYS"]
+__all__ = [
+    "CLASSES_FORMAT",
+    "EnrolledClasses",
+    "load_classes",
+    "check_identity",
+    "check_encoder",
+    "IDENTITY_KEYS",
+]
 
 CLASSES_FORMAT = "fsar-classes/1"
 
@@ -166,16 +173,7 @@ def check_identity(have: dict[str, Any], want: dict[str, Any], where: str) -> No
         want: the identity of the encoder and preprocessing this prediction uses.
         where: the file, for the message.
     """
-    if (have.get("encoder"), have.get("weights_sha256")) != (
-        want.get("encoder"),
-        want.get("weights_sha256"),
-    ):
-        raise DataError(
-            f"{where} was enrolled with encoder {_encoder_name(have)}, not with "
-            f"{_encoder_name(want)}: features of different encoders are not comparable. Predict "
-            f"with --encoder {have.get('encoder')} (and the weights it records), or enrol the "
-            "support again with this encoder (--support DIR --save FILE)"
-        )
+    check_encoder(have, want, where)
     for key, label in IDENTITY_KEYS.items():
         a, b = have.get(key), want.get(key)
         if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
@@ -196,3 +194,17 @@ def check_identity(have: dict[str, Any], want: dict[str, Any], where: str) -> No
 def _encoder_name(identity: dict[str, Any]) -> str:
     sha = str(identity.get("weights_sha256") or "?")[:12]
     return f"{identity.get('encoder')!r} (weights SHA-256 {sha}...)"
+
+
+def check_encoder(have: dict[str, Any], want: dict[str, Any], where: str) -> None:
+    """Raise :class:`DataError` naming both encoders when ``have`` was made by another one."""
+    if (have.get("encoder"), have.get("weights_sha256")) != (
+        want.get("encoder"),
+        want.get("weights_sha256"),
+    ):
+        raise DataError(
+            f"{where} was enrolled with encoder {_encoder_name(have)}, not with "
+            f"{_encoder_name(want)}: features of different encoders are not comparable. Predict "
+            f"with --encoder {have.get('encoder')} (and the weights it records), or enrol the "
+            "support again with this encoder (--support DIR --save FILE)"
+        )

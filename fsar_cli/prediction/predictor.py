@@ -51,7 +51,7 @@ from ..features.cache import CROP_MODES, FrameBatcher, prefetch
 from ..models.base import FewShotHead
 from ..progress import ProgressFn
 from ..recipe import Recipe
-from .classes_file import EnrolledClasses, check_identity, load_classes
+from .classes_file import EnrolledClasses, check_encoder, check_identity, load_classes
 from .spotting import Span, iter_windows, parse_span, source_fps, window_frames
 
 if TYPE_CHECKING:
@@ -147,13 +147,18 @@ def _load_whole(clip: Clip, spec: ViewSpec) -> _Item:
     try:
         frames, n = load_views(clip.path, clip.key, spec)  # [1, T, 3, C, C]
     except Exception as exc:  # DataError, cv2.error, OSError: this query fails, the rest go on
-        return _Item(clip, [], fps, _reason(exc))
+        return _Item(clip, [], fps, _reason(exc, clip.path))
     return _Item(clip, [(0, n, frames)], fps)
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException, path: Path) -> str:
+    """One line: why a query failed (without its path, which the report shows beside it)."""
     text = str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
-    return text.splitlines()[0] if text else type(exc).__name__
+    text = text.splitlines()[0] if text else type(exc).__name__
+    for p in (str(path), path.name):
+        if text.startswith(p + ": "):
+            return text[len(p) + 2 :]
+    return text
 
 
 def _encode_items(
@@ -251,7 +256,7 @@ class Predictor:
                 for x in iter_windows(clip.path, clip.key, self.spec, w, s)
             ]
         except Exception as exc:  # this video fails, the others go on
-            return _Item(clip, [], rate, _reason(exc))
+            return _Item(clip, [], rate, _reason(exc, clip.path))
         return _Item(clip, wins, rate)
 
     def run(
@@ -598,7 +603,7 @@ def predict(
         cfg, settings = _recipe_from_identity(stored.identity, where), f"the classes file {where}"
     else:
         cfg = _default_recipe(enc_name, weights)
-        settings = f"encoder {enc_name} defaults"
+        settings = f"the {enc_name} encoder's defaults"
     if (enc_name is not None or weights is not None) and resolved is None:
         cfg = dataclasses.replace(
             cfg,
@@ -621,7 +626,11 @@ def predict(
         enc = encoder
     else:
         enc = load_predict_encoder(f.encoder, f.weights, device=device)
-    if settings.startswith("encoder ") and f.crop != enc.input_resolution:  # defaults: fit it
+    if stored is not None:  # another encoder is refused by name before anything else
+        check_encoder(stored.identity, enc.describe(), where)
+    if (
+        settings.endswith("encoder's defaults") and f.crop != enc.input_resolution
+    ):  # defaults: fit it
         crop = enc.input_resolution
         resize = max(crop, int(round(crop * 256 / 224)))
         cfg = dataclasses.replace(cfg, features=dataclasses.replace(f, crop=crop, resize=resize))
