@@ -158,6 +158,8 @@ def predict_command(
 
     with cli_errors():
         names, paths = split_class_names(list(classes or []), list(queries or []))
+        if classes_file is None and len(names) == 1 and names[0].endswith(".fsarc"):
+            classes_file, names = Path(names[0]), []  # --classes FILE.fsarc: a classes file
         if out is not None and out.suffix.lower() not in (".csv", ".json"):
             raise DataError(f"--out {out}: give a .csv or .json file")
         cfg = None

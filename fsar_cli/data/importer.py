@@ -195,7 +195,10 @@ def _guard(targets: list[Path], manifest: Path) -> None:
     written: dict[str, str] = {}
     if manifest.is_file():
         try:
-            written = dict(json.loads(manifest.read_text()).get("written", {}))
+            doc = json.loads(manifest.read_text())
+            if doc.get("format") != "fsar-import/1":
+                raise ValueError(doc.get("format"))
+            written = dict(doc.get("written", {}))
         except (OSError, ValueError, AttributeError):
             raise DataError(
                 f"{manifest} exists but is not an `fsar data import` record; choose another "
@@ -263,6 +266,11 @@ def import_dataset(
             f"--out {out} is inside the videos folder {root}: its files would be read as a class "
             "next time; choose a folder outside it"
         )
+    rdir = Path(recipes_dir).expanduser() if recipes_dir is not None else user_recipes_dir()
+    recipe_path = rdir / f"{name}.yaml"
+    other = list_recipes().get(name)
+    if other is not None and other.resolve() != recipe_path.resolve():
+        raise DataError(f"a recipe named {name!r} already exists ({other}); choose another --name")
     kinds = {"frames" if c.path.is_dir() else "videos" for c in clips}
     if len(kinds) > 1:
         raise DataError(f"{src} mixes video files and frame folders; import one kind at a time")
@@ -316,11 +324,6 @@ def import_dataset(
     recipe = recipe_from_dict(doc)  # validates every key, with the overrides
     _check_episodes(recipe, split_classes, counts)
 
-    rdir = Path(recipes_dir).expanduser() if recipes_dir is not None else user_recipes_dir()
-    recipe_path = rdir / f"{name}.yaml"
-    other = list_recipes().get(name)
-    if other is not None and other.resolve() != recipe_path.resolve():
-        raise DataError(f"a recipe named {name!r} already exists ({other}); choose another --name")
     manifest = out / IMPORT_MANIFEST
     files: dict[Path, str] = {}
     for split in _SPLITS:
@@ -345,7 +348,7 @@ def import_dataset(
         f"# written by `fsar data import` from {src} (seed {seed}); splits and classes in {out}\n"
     )
     files[recipe_path] = header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
-    _guard([*files, manifest], manifest)
+    _guard(list(files), manifest)
     out.mkdir(parents=True, exist_ok=True)
     rdir.mkdir(parents=True, exist_ok=True)
     old = out / "undecodable.csv"
