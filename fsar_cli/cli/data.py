@@ -110,39 +110,106 @@ def check(
     raise typer.Exit(code=1)
 
 
+def _names(values: list[str] | None) -> list[str] | None:
+    """``--test-classes a,b --test-classes c`` -> [a, b, c]."""
+    if values is None:
+        return None
+    return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
+
 @app.command("import")
 def import_command(
     src: Annotated[
         Path,
-        typer.Argument(help="Folder SRC/<class>/<video or frame folder>, or a path,label CSV."),
+        typer.Argument(help="Folder SRC/<class>/<video or frame folder>, or a path,class CSV."),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where split files and recipe go.")],
     name: Annotated[
-        str | None, typer.Option("--name", help="Recipe name (default: the --out folder's).")
+        str | None,
+        typer.Option("--name", help="Recipe name (default: the folder's name)."),
     ] = None,
-    val: Annotated[int, typer.Option("--val", help="Classes kept for validation.")] = 0,
-    test: Annotated[int, typer.Option("--test", help="Novel (test) classes.")] = 5,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Data folder: split files, frames, cache (default: ./fsar-data/NAME).",
+        ),
+    ] = None,
+    val: Annotated[
+        float, typer.Option("--val", help="Validation classes: a fraction (0.15) or a count.")
+    ] = 0.15,
+    test: Annotated[
+        float, typer.Option("--test", help="Novel (test) classes: a fraction (0.25) or a count.")
+    ] = 0.25,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the class shuffle.")] = 0,
+    train_classes: Annotated[
+        list[str] | None,
+        typer.Option("--train-classes", help="Base classes by name (comma-separated/repeated)."),
+    ] = None,
+    val_classes: Annotated[
+        list[str] | None, typer.Option("--val-classes", help="Validation classes by name.")
+    ] = None,
+    test_classes: Annotated[
+        list[str] | None, typer.Option("--test-classes", help="Novel classes by name.")
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Parallel decode checks.")] = 4,
+    overrides: OverrideOpt = None,
 ) -> None:
     """Turn labelled videos into a few-shot benchmark: classes split into train / val / test.
 
-    Writes {train,val,test}_few_shot.txt, classes.json and NAME.yaml (a recipe for extract,
-    cache, train, eval and predict).
+    Writes {train,val,test}_few_shot.txt and classes.json into the data folder and NAME.yaml into
+    your recipes folder ($FSAR_RECIPES, else ./recipes), so extract, cache, train, eval and
+    predict take NAME. Videos that do not decode are listed and left out.
     """
     from ..data.importer import import_dataset
 
     with cli_errors():
-        res = import_dataset(src, out, name=name, val=val, test=test, seed=seed)
-    table = Table(title=f"fsar data import: {res.recipe}")
+        with progress("importing") as advance:
+            res = import_dataset(
+                src,
+                out,
+                name=name,
+                val=val,
+                test=test,
+                seed=seed,
+                train_classes=_names(train_classes),
+                val_classes=_names(val_classes),
+                test_classes=_names(test_classes),
+                overrides=overrides or [],
+                workers=workers,
+                on_progress=advance,
+            )
+    table = Table(title=f"fsar data import: {res.name}")
     for col in ("split", "classes", "videos"):
         table.add_column(col, justify="left" if col == "split" else "right")
     for split in ("train", "val", "test"):
         table.add_row(split, str(len(res.classes[split])), str(res.videos[split]))
     console.print(table)
-    nxt = f"fsar extract {res.recipe} --out <frames>" if res.source == "videos" else ""
     console.print(
-        f"next: {nxt + ' ; ' if nxt else ''}fsar cache {res.recipe} ; fsar train {res.recipe}"
+        f"recipe {res.recipe}; split files and classes.json in {res.out}", highlight=False
     )
+    if res.undecodable:
+        err_console.print(
+            f"[yellow]{len(res.undecodable)} videos do not decode and are left out[/] "
+            f"(listed in {res.out / 'undecodable.csv'}):"
+        )
+        for path, why in res.undecodable[:20]:
+            err_console.print(f"  {path}: {why}", highlight=False)
+        if len(res.undecodable) > 20:
+            err_console.print(f"  ... and {len(res.undecodable) - 20} more", highlight=False)
+    n = res.name
+    steps = ([f"fsar extract {n}"] if res.source == "videos" else []) + [
+        f"fsar cache {n}",
+        f"fsar train {n}",
+        f"fsar eval {n} --shot 1",
+    ]
+    console.print("next: " + " && ".join(steps), highlight=False)
+    if not res.on_search_path:
+        console.print(
+            f"[yellow]note[/]: {res.recipe.parent} is searched only from {res.recipe.parent.parent}"
+            f"; elsewhere set FSAR_RECIPES={res.recipe.parent}",
+            highlight=False,
+        )
 
 
 def register(parent: typer.Typer) -> None:

@@ -140,6 +140,13 @@ def eval_command(
         if plot is not None and no_record:
             raise typer.BadParameter("--plot draws from the results database; drop --no-record")
         cfg = load_recipe(recipe, overrides or [])
+        if checkpoint is None and head is None:  # `fsar train NAME` trained into runs/NAME
+            from ..models.registry import head_spec
+            from .train import default_run_dir
+
+            run_dir = default_run_dir(cfg.name)
+            if head_spec(cfg.model.head).cls.trainable and run_dir.is_dir():
+                checkpoint = run_dir
         d = distributed.init(device)  # a no-op unless launched by torchrun
         bar = (
             progress(f"evaluating {cfg.name}")

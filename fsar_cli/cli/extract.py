@@ -19,7 +19,12 @@ __all__ = ["register", "extract"]
 
 
 def extract(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for frame folders.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Output folder for frame folders (default: data.frames_root)."
+        ),
+    ] = None,
     recipe: Annotated[
         str | None,
         typer.Argument(help="Recipe name or YAML path: extract the videos its split files list."),
@@ -75,6 +80,10 @@ def extract(
                 cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root)))
         elif overrides or root is not None or split:
             raise typer.BadParameter("--set, --root and --split need a RECIPE")
+        if out is None:
+            if cfg is None:
+                raise typer.BadParameter("--input needs --out DIR (where the frames go)")
+            out = Path(cfg.data.frames_root)
         with progress("extracting") as advance:
             result = extract_frames(
                 out,

@@ -28,7 +28,10 @@ __all__ = ["register", "train"]
 def train(
     ctx: typer.Context,
     recipe: Annotated[str, typer.Argument(help="Recipe name or YAML path.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (new or empty).")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Run folder, new or empty (default: runs/RECIPE_NAME)."),
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")
     ] = False,
@@ -84,6 +87,8 @@ def train(
         seed_list = int_list("--seeds", seeds, list(ctx.args))
         sets = [*(overrides or []), *([f"train.mode={mode}"] if mode else [])]
         cfg = load_recipe(recipe, sets).with_split_dir(splits)
+        if out is None:  # `fsar eval NAME` finds it there
+            out = default_run_dir(cfg.name)
         if cfg.train.mode == "finetune":
             from ..train.finetune import finetune_train as train_fn
         else:
@@ -196,3 +201,9 @@ def register(app: typer.Typer) -> None:
     app.command(
         "train", context_settings={"allow_extra_args": True, "ignore_unknown_options": False}
     )(train)
+
+
+def default_run_dir(recipe_name: str) -> Path:
+    """``fsar train NAME`` without --out trains into ``runs/NAME`` (``fsar eval NAME`` and
+    ``fsar predict`` look there when no checkpoint is given)."""
+    return Path("runs") / recipe_name

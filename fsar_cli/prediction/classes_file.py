@@ -1,9 +1,12 @@
 """``.fsarc``: enrolled classes, i.e. encoded support examples that ``fsar predict`` reuses.
 
 Encoding the support videos is most of the work of a prediction with few queries, and the
-support set rarely changes; ``fsar predict --support DIR --save-classes my.fsarc`` writes it once
-and ``--classes my.fsarc`` reuses it. The file stores per-frame *encoder* features (not a head's
-prototypes), so one file serves every head trained on the same encoder.
+support set rarely changes; ``fsar predict --support DIR --save my.fsarc`` writes it once and
+``--classes-file my.fsarc`` reuses it (its supports are never encoded again). The file stores
+per-frame *encoder* features (not a head's prototypes), so one file serves every head trained on
+the same encoder; it also records the head and checkpoint it was made with, the defaults when it
+is used. Classes given by name only (``--classes A B --head text``) are a file with no support
+clips (S = 0), usable by the text head alone.
 
 Format ``fsar-classes/1``: a NumPy ``.npz`` archive (``np.load(path)`` reads it, no pickle)::
 
@@ -11,9 +14,9 @@ Format ``fsar-classes/1``: a NumPy ``.npz`` archive (``np.load(path)`` reads it,
     labels    int64 [S]          class index of each support clip
     text      float32 [C, D]     text feature of each class (prompt with the class name)
     meta      uint8 [bytes]      UTF-8 JSON: format, classes, support (key, path, label of each
-                                 clip), identity (encoder name, random flag, weights SHA-256,
-                                 width, precision; frames, sampling, resize, crop, mean, std,
-                                 interpolation, seed, prompt), fsar version
+                                 clip), identity (encoder name, random flag, weights SHA-256 and
+                                 path, width, precision; frames, sampling, resize, crop, mean,
+                                 std, interpolation, seed, prompt), head, checkpoint, fsar version
 
 A file is used only with the encoder and preprocessing that made it: :func:`check_identity` names
 the first setting that differs (features of another encoder are not comparable).
@@ -32,7 +35,14 @@ import numpy as np
 from .. import __version__, atomic
 from ..errors import DataError
 
-__all__ = ["CLASSES_FORMAT", "EnrolledClasses", "load_classes", "check_identity", "IDENTITY_KEYS"]
+__all__ = [
+    "CLASSES_FORMAT",
+    "EnrolledClasses",
+    "load_classes",
+    "check_identity",
+    "check_encoder",
+    "IDENTITY_KEYS",
+]
 
 CLASSES_FORMAT = "fsar-classes/1"
 
@@ -65,6 +75,8 @@ class EnrolledClasses:
     text: np.ndarray  # float32 [C, D]
     identity: dict[str, Any]  # IDENTITY_KEYS + encoder_label, precision
     support: list[dict[str, str]] = field(default_factory=list)  # {"key", "path"} per clip
+    head: str | None = None  # the head it was enrolled for (default when used)
+    checkpoint: str | None = None  # the checkpoint it was enrolled for (default when used)
 
     def __post_init__(self) -> None:
         S = len(self.labels)
@@ -79,8 +91,13 @@ class EnrolledClasses:
         if S and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
             raise DataError("enrolled classes: a support label is outside the class list")
         empty = [c for i, c in enumerate(self.classes) if not (self.labels == i).any()]
-        if empty:
+        if S and empty:
             raise DataError(f"enrolled classes without any support clip: {empty[:5]}")
+
+    @property
+    def zero_shot(self) -> bool:
+        """Classes by name only: no support clip (the text head alone can use them)."""
+        return len(self.labels) == 0
 
     @property
     def shots(self) -> np.ndarray:
@@ -94,6 +111,8 @@ class EnrolledClasses:
             "classes": list(self.classes),
             "support": list(self.support),
             "identity": self.identity,
+            "head": self.head,
+            "checkpoint": self.checkpoint,
             "fsar_version": __version__,
         }
         buf = io.BytesIO()
@@ -115,7 +134,7 @@ def load_classes(path: str | Path) -> EnrolledClasses:
     if not path.is_file():
         raise DataError(
             f"classes file {str(path)!r} does not exist (write one with "
-            "`fsar predict --support DIR --save-classes FILE.fsarc`)"
+            "`fsar predict --support DIR --save FILE.fsarc`)"
         )
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -136,6 +155,8 @@ def load_classes(path: str | Path) -> EnrolledClasses:
         text=text.astype(np.float32),
         identity=dict(meta.get("identity") or {}),
         support=list(meta.get("support") or []),
+        head=meta.get("head"),
+        checkpoint=meta.get("checkpoint"),
     )
 
 
@@ -152,6 +173,7 @@ def check_identity(have: dict[str, Any], want: dict[str, Any], where: str) -> No
         want: the identity of the encoder and preprocessing this prediction uses.
         where: the file, for the message.
     """
+    check_encoder(have, want, where)
     for key, label in IDENTITY_KEYS.items():
         a, b = have.get(key), want.get(key)
         if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
@@ -165,5 +187,24 @@ def check_identity(have: dict[str, Any], want: dict[str, Any], where: str) -> No
                 f"{where} was enrolled with different settings: {label} was {_short(a)}, this "
                 f"prediction uses {_short(b)}. Support and query features must come from the same "
                 "encoder and preprocessing: predict with the settings the file records, or enrol "
-                "the support again (--support DIR --save-classes FILE)"
+                "the support again (--support DIR --save FILE)"
             )
+
+
+def _encoder_name(identity: dict[str, Any]) -> str:
+    sha = str(identity.get("weights_sha256") or "?")[:12]
+    return f"{identity.get('encoder')!r} (weights SHA-256 {sha}...)"
+
+
+def check_encoder(have: dict[str, Any], want: dict[str, Any], where: str) -> None:
+    """Raise :class:`DataError` naming both encoders when ``have`` was made by another one."""
+    if (have.get("encoder"), have.get("weights_sha256")) != (
+        want.get("encoder"),
+        want.get("weights_sha256"),
+    ):
+        raise DataError(
+            f"{where} was enrolled with encoder {_encoder_name(have)}, not with "
+            f"{_encoder_name(want)}: features of different encoders are not comparable. Predict "
+            f"with --encoder {have.get('encoder')} (and the weights it records), or enrol the "
+            "support again with this encoder (--support DIR --save FILE)"
+        )

@@ -1,13 +1,15 @@
 """``fsar predict``: classify new videos against a few labelled examples per class.
 
 The classes are defined by *support* clips (a folder with one subfolder per class, a
-``path,label`` CSV, or a ``.fsarc`` file of already enrolled classes, :mod:`.classes_file`); the
-*queries* are video files or frame folders. Nothing is cached on disk: every clip is made and
-encoded with the feature cache's own code (:func:`fsar_cli.data.preprocess.load_views` with the
-recipe's test-split sampling and centre crop, :class:`fsar_cli.features.cache.FrameBatcher` in
-batches of ``features.batch_size`` frames, features rounded to float16 as the cache stores them),
-and scored with the evaluator's arithmetic (:func:`fsar_cli.evaluation.batched.class_prototypes`
-and :func:`~fsar_cli.evaluation.batched.query_logits`). So a query's logits are exactly those the
+``path,class`` CSV, or a ``.fsarc`` file of already enrolled classes, :mod:`.classes_file`), or by
+their names alone for the zero-shot ``text`` head; the *queries* are video files, frame folders,
+folders of them, glob patterns or list files (:func:`fsar_cli.data.labelled.find_clips`).
+Nothing is cached on disk: every clip is made and encoded with the feature cache's own code
+(:func:`fsar_cli.data.preprocess.load_views` with the recipe's test-split sampling and centre crop,
+:class:`fsar_cli.features.cache.FrameBatcher` in batches of ``features.batch_size`` frames, features
+rounded to float16 as the cache stores them), and scored with the evaluator's arithmetic
+(:func:`fsar_cli.evaluation.batched.class_prototypes` and
+:func:`~fsar_cli.evaluation.batched.query_logits`). So a query's logits are exactly those the
 evaluator computes for the same features in an episode whose classes are the enrolled ones.
 
 Decoding runs in ``features.workers`` background threads ahead of the encoder (as in ``fsar
@@ -15,17 +17,24 @@ cache``); queries are encoded and scored in blocks of 256, so memory is bounded 
 by the number of queries. With ``window`` / ``stride`` (:mod:`.spotting`) every window of a video
 is a query.
 
+Settings: the encoder and the clip settings come from the checkpoint's provenance (its run
+folder's ``resolved_recipe.yaml``) when there is one, else from a classes file's identity, else
+from ``recipe`` / ``encoder`` (``offline-demo``: the demo's encoder, trained once and cached as
+``fsar demo`` does, with the synth recipe's clip settings).
+
 The result is a :class:`pandas.DataFrame`, one row per query clip (or window): ``query`` (path),
 ``key``, ``start_frame``, ``end_frame``, ``start_s``, ``end_s`` (seconds; NaN when the frame
-rate is unknown), ``label`` (the best class), ``logit`` (its logit), ``prob`` (softmax over the
-enrolled classes), ``status`` (``ok`` or ``failed``), ``reason``, then one ``logit:<class>`` column
-per class. A query that does not decode is a ``failed`` row; the others go on.
+rate is unknown), ``label`` (the best class), ``logit`` (its logit), ``prob`` (its softmax
+probability over the enrolled classes), ``margin`` (``prob`` minus the runner-up's), ``status``
+(``ok`` or ``failed``), ``reason``, then one ``prob:<class>`` and one ``logit:<class>`` column per
+class. A query that does not decode is a ``failed`` row; the others go on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,8 +51,8 @@ from ..features.cache import CROP_MODES, FrameBatcher, prefetch
 from ..models.base import FewShotHead
 from ..progress import ProgressFn
 from ..recipe import Recipe
-from .classes_file import EnrolledClasses, check_identity, load_classes
-from .spotting import iter_windows, source_fps, window_frames
+from .classes_file import EnrolledClasses, check_encoder, check_identity, load_classes
+from .spotting import Span, iter_windows, parse_span, source_fps, window_frames
 
 if TYPE_CHECKING:
     from ..encoders.clip import Encoder
@@ -52,7 +61,10 @@ __all__ = [
     "predict",
     "enroll",
     "encoder_identity",
+    "enroll_names",
     "query_spec",
+    "load_predict_encoder",
+    "softmax",
     "PREDICT_COLUMNS",
     "Predictor",
 ]
@@ -70,6 +82,7 @@ PREDICT_COLUMNS = [
     "label",
     "logit",
     "prob",
+    "margin",
     "status",
     "reason",
 ]
@@ -112,6 +125,8 @@ def encoder_identity(encoder: Encoder, spec: ViewSpec, prompt: str) -> dict[str,
         "interpolation": INTERPOLATION,
         "seed": spec.seed,
         "prompt": prompt,
+        "weights_path": d["weights_path"],
+        "input_resolution": d["input_resolution"],
         "fsar_version": __version__,
     }
 
@@ -126,17 +141,24 @@ class _Item:
 
 def _load_whole(clip: Clip, spec: ViewSpec) -> _Item:
     """One clip exactly as ``fsar cache`` makes a video's view; errors are recorded, not raised."""
+    if clip.problem:
+        return _Item(clip, [], None, clip.problem)
     fps = source_fps(clip.path) if clip.path.is_file() else None
     try:
         frames, n = load_views(clip.path, clip.key, spec)  # [1, T, 3, C, C]
     except Exception as exc:  # DataError, cv2.error, OSError: this query fails, the rest go on
-        return _Item(clip, [], fps, _reason(exc))
+        return _Item(clip, [], fps, _reason(exc, clip.path))
     return _Item(clip, [(0, n, frames)], fps)
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException, path: Path) -> str:
+    """One line: why a query failed (without its path, which the report shows beside it)."""
     text = str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
-    return text.splitlines()[0] if text else type(exc).__name__
+    text = text.splitlines()[0] if text else type(exc).__name__
+    for p in (str(path), path.name):
+        if text.startswith(p + ": "):
+            return text[len(p) + 2 :]
+    return text
 
 
 def _encode_items(
@@ -182,8 +204,20 @@ class Predictor:
 
         self.head, self.encoder, self.enrolled, self.spec = head, encoder, enrolled, spec
         self.device, self.batch_size, self.workers = device, int(batch_size), int(workers)
+        feats, labels = enrolled.features, enrolled.labels
+        if enrolled.zero_shot:
+            if getattr(head, "name", "") != "text":
+                raise DataError(
+                    f"the classes {enrolled.classes[:3]} are names only (no support examples): "
+                    f"only --head text classifies from names, not {getattr(head, 'name', head)!r}; "
+                    "give --support DIR for other heads"
+                )
+            # the text head ignores supports (prototype = class text): one placeholder each
+            C = len(enrolled.classes)
+            feats = np.zeros((C, spec.num_frames, encoder.dim), np.float16)
+            labels = np.arange(C, dtype=np.int64)
         self.protos = class_prototypes(
-            head, enrolled.features, enrolled.labels, enrolled.text, device=device
+            head, feats, labels, enrolled.text, device=device
         )  # [C, T, D]
 
     def logits(self, features: np.ndarray) -> np.ndarray:
@@ -193,7 +227,7 @@ class Predictor:
         return query_logits(self.head, features, self.protos, device=self.device)
 
     def _items(
-        self, clips: list[Clip], window: float | None, stride: float | None, fps: float | None
+        self, clips: list[Clip], window: Span | None, stride: Span | None, fps: float | None
     ) -> Iterator[_Item]:
         if window is None:
             ahead = 2 * self.workers + max(1, self.batch_size // self.spec.num_frames)
@@ -203,28 +237,34 @@ class Predictor:
                 self.workers,
                 max(ahead, 2),
             )
-        return (self._windows(c, window, stride or window, fps) for c in clips)
+        win = window
+        return prefetch(  # a whole video's windows per item: few videos ahead
+            lambda i: self._windows(clips[i], win, stride or win, fps),
+            range(len(clips)),
+            min(self.workers, 2),
+            max(self.workers, 1),
+        )
 
-    def _windows(self, clip: Clip, window: float, stride: float, fps: float | None) -> _Item:
-        rate = source_fps(clip.path) or fps
+    def _windows(self, clip: Clip, window: Span, stride: Span, fps: float | None) -> _Item:
+        if clip.problem:
+            return _Item(clip, [], None, clip.problem)
+        rate = (source_fps(clip.path) if clip.path.is_file() else None) or fps
         try:
-            w, s = window_frames(window, stride, rate or 0.0)
+            w, s = window_frames(window, stride, rate)
             wins = [
                 (x.start, x.end, x.frames)
                 for x in iter_windows(clip.path, clip.key, self.spec, w, s)
             ]
-        except Exception as exc:
-            if isinstance(exc, DataError) and "frame rate is unknown" in str(exc):
-                raise
-            return _Item(clip, [], rate, _reason(exc))
+        except Exception as exc:  # this video fails, the others go on
+            return _Item(clip, [], rate, _reason(exc, clip.path))
         return _Item(clip, wins, rate)
 
     def run(
         self,
         clips: list[Clip],
         *,
-        window: float | None = None,
-        stride: float | None = None,
+        window: Span | None = None,
+        stride: Span | None = None,
         fps: float | None = None,
         on_progress: ProgressFn | None = None,
     ) -> Iterator[dict[str, Any]]:
@@ -274,21 +314,33 @@ def _row(
         "label": "",
         "logit": nan,
         "prob": nan,
+        "margin": nan,
         "status": status,
         "reason": reason,
     }
     if logits is not None:
         best = int(np.argmax(logits))
-        z = logits.astype(np.float64) - float(np.max(logits))
+        probs = softmax(logits)
+        top2 = np.sort(probs)[-2:]
         row.update(
             label=classes[best],
             logit=float(logits[best]),
-            prob=float(1.0 / np.exp(z).sum()),
+            prob=float(probs[best]),
+            margin=float(top2[-1] - top2[0]) if len(probs) > 1 else nan,
         )
+        row.update({f"prob:{c}": float(v) for c, v in zip(classes, probs, strict=True)})
         row.update({f"logit:{c}": float(v) for c, v in zip(classes, logits, strict=True)})
     else:
+        row.update({f"prob:{c}": nan for c in classes})
         row.update({f"logit:{c}": nan for c in classes})
     return row
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """float64 softmax over the last axis (the probabilities ``predict`` reports)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
 
 
 # --------------------------------------------------------------------------- enrolling
@@ -307,7 +359,7 @@ def enroll(
     """Encode labelled support clips into :class:`EnrolledClasses` (every clip must decode).
 
     Args:
-        support: a class-per-subfolder folder, a ``path,label`` CSV, or the clips themselves.
+        support: a class-per-subfolder folder, a ``path,class`` CSV, or the clips themselves.
         prompt: the text prompt (``features.prompt``) for each class name.
     """
     clips = read_support(support) if not isinstance(support, list) else support
@@ -338,25 +390,73 @@ def enroll(
     )
 
 
+def enroll_names(
+    names: list[str], encoder: Encoder, spec: ViewSpec, prompt: str
+) -> EnrolledClasses:
+    """Classes by name only (zero-shot, for the ``text`` head): their text features, no support."""
+    classes = [str(n).strip() for n in names]
+    if not classes or any(not c for c in classes):
+        raise DataError(f"--classes needs class names, got {names!r}")
+    dup = sorted({c for c in classes if classes.count(c) > 1})
+    if dup:
+        raise DataError(f"--classes names {dup} more than once; give each class once")
+    text = encoder.encode_text([prompt.format(text_name(c)) for c in classes]).numpy()
+    return EnrolledClasses(
+        classes=classes,
+        features=np.zeros((0, spec.num_frames, encoder.dim), np.float16),
+        labels=np.zeros(0, np.int64),
+        text=text.astype(np.float32),
+        identity=encoder_identity(encoder, spec, prompt),
+    )
+
+
 # --------------------------------------------------------------------------- the verb
 
 
-def _resolve_recipe(recipe: str | Path | Recipe | None, checkpoint: str | Path | None) -> Recipe:
-    from ..recipe import load_recipe
+def _default_recipe(encoder: str | None, weights: str | Path | None) -> Recipe:
+    """Clip settings when no checkpoint, classes file or recipe gives them."""
+    from ..encoders.offline import OFFLINE_ENCODER_NAME
+    from ..recipe import load_recipe, recipe_from_dict
 
-    if isinstance(recipe, Recipe):
-        return recipe
-    if recipe is not None:
-        return load_recipe(recipe)
-    if checkpoint is not None:
-        p = Path(checkpoint).expanduser()
-        resolved = (p if p.is_dir() else p.parent) / "resolved_recipe.yaml"
-        if resolved.is_file():
-            return load_recipe(resolved)
-    raise DataError(
-        "no recipe: pass one (recipe=... / --recipe NAME) or a checkpoint whose run folder holds "
-        "resolved_recipe.yaml (every `fsar train` run folder does)"
-    )
+    if encoder is None:
+        raise DataError(
+            "no encoder: pass --encoder NAME (ViT-B/16, ..., or offline-demo for the demo's "
+            "encoder), a trained run with -c RUN, a classes file, or --recipe NAME"
+        )
+    if encoder == OFFLINE_ENCODER_NAME:  # the demo's clip settings, as `fsar demo` caches
+        base = load_recipe("synth")
+        feats = dataclasses.replace(
+            base.features, weights=None if weights is None else str(weights)
+        )
+        return dataclasses.replace(
+            recipe_from_dict({"name": "predict"}), features=feats, model=base.model
+        )
+    doc: dict[str, Any] = {"name": "predict", "features": {"encoder": encoder}}
+    if weights is not None:
+        doc["features"]["weights"] = str(weights)
+    return recipe_from_dict(doc)
+
+
+def _provenance_recipe(checkpoint: str | Path | None) -> Path | None:
+    """The ``resolved_recipe.yaml`` of a checkpoint's run folder, if it has one."""
+    if checkpoint is None:
+        return None
+    p = Path(checkpoint).expanduser()
+    resolved = (p if p.is_dir() else p.parent) / "resolved_recipe.yaml"
+    return resolved if resolved.is_file() else None
+
+
+def load_predict_encoder(name: str, weights: str | Path | None, device: str = "cpu") -> Encoder:
+    """``load_encoder``, with ``offline-demo`` meaning the demo's encoder, trained once and cached
+    (:func:`fsar_cli.encoders.offline.ensure_offline_encoder`) when no weights file is at hand."""
+    from ..encoders.clip import load_encoder
+    from ..encoders.offline import OFFLINE_ENCODER_NAME, ensure_offline_encoder
+
+    if name == OFFLINE_ENCODER_NAME and (
+        weights is None or not Path(weights).expanduser().is_file()
+    ):
+        weights = ensure_offline_encoder()
+    return load_encoder(name, weights, device=device)
 
 
 def _check_trained_encoder(recipe: Recipe, identity: dict[str, Any]) -> None:
@@ -383,16 +483,19 @@ def _check_trained_encoder(recipe: Recipe, identity: dict[str, Any]) -> None:
 
 
 def predict(
-    queries: str | Path | list[str | Path],
+    queries: str | Path | Sequence[str | Path] | None = None,
     *,
-    support: str | Path | None = None,
-    classes: str | Path | EnrolledClasses | None = None,
+    support: str | Path | list[Clip] | None = None,
+    classes: list[str] | str | Path | EnrolledClasses | None = None,
+    classes_file: str | Path | EnrolledClasses | None = None,
     recipe: str | Path | Recipe | None = None,
     checkpoint: str | Path | None = None,
     head: str | None = None,
-    encoder: Encoder | None = None,
-    window: float | None = None,
-    stride: float | None = None,
+    encoder: Encoder | str | None = None,
+    weights: str | Path | None = None,
+    prompt: str | None = None,
+    window: str | float | Span | None = None,
+    stride: str | float | Span | None = None,
     fps: float | None = None,
     save_classes: str | Path | None = None,
     device: str = "cpu",
@@ -401,100 +504,229 @@ def predict(
     trust: bool = False,
     on_progress: ProgressFn | None = None,
 ) -> pd.DataFrame:
-    """Classify query videos against classes defined by a few labelled examples each.
+    """Classify query videos against classes defined by a few labelled examples each, or by name.
 
     Args:
-        queries: video files, frame folders, or folders searched recursively for them.
-        support: labelled examples: a folder ``<class>/<video>`` or a ``path,label`` CSV.
-        classes: enrolled classes instead of ``support``: a ``.fsarc`` file or an
-            :class:`EnrolledClasses` (its encoder and preprocessing must be this prediction's).
-        recipe: the recipe (name, YAML or :class:`Recipe`) giving the encoder (``features.encoder``
-            / ``features.weights``), the clip settings and the head settings; default the
-            ``resolved_recipe.yaml`` of the checkpoint's run folder.
+        queries: video files, frame folders, folders searched recursively for them, glob
+            patterns or list files; may be empty when only ``save_classes`` is wanted.
+        support: labelled examples: a folder ``<class>/<video>`` or a ``path,class`` CSV; any
+            number of shots per class (unequal counts allowed, ``attrs["shots"]``).
+        classes: class names only (zero-shot, ``head="text"``); a path or
+            :class:`EnrolledClasses` here is read as ``classes_file``.
+        classes_file: enrolled classes (a ``.fsarc`` file or :class:`EnrolledClasses`), whose
+            supports are not encoded again; its encoder and preprocessing must be this
+            prediction's (refused by name otherwise).
+        recipe: the recipe (name, YAML or :class:`Recipe`) giving the encoder, the clip settings
+            and the head settings; default the checkpoint run folder's ``resolved_recipe.yaml``,
+            else the classes file's settings, else defaults for ``encoder``.
         checkpoint: a run folder or checkpoint file (fsar's or the reference's); None for the
             untrained baselines ``proto``, ``otam``, ``text``.
-        head: the head; default the checkpoint's, else ``recipe.model.head``.
-        encoder: an already loaded :class:`fsar_cli.encoders.clip.Encoder` (default: the
-            recipe's, on ``device``).
-        window, stride: spotting: classify windows of ``window`` seconds every ``stride`` seconds
-            (default ``stride = window``) instead of whole videos.
-        fps: frame rate of frame folders (needed for ``window``; videos carry their own).
+        head: the head; default the checkpoint's, else the classes file's, else ``text`` for
+            names only, else ``otam``.
+        encoder: an encoder name (``offline-demo``: the demo's, trained once and cached) or a
+            loaded :class:`fsar_cli.encoders.clip.Encoder`; a checkpoint's provenance decides when
+            it has one (a different name is refused).
+        weights: the encoder's weights file (``--weights``).
+        prompt: text prompt template with ``{}`` for the class name (default the recipe's).
+        window, stride: spotting: ``"2s"`` / ``"16"`` (frames) / a number of seconds
+            (:func:`.spotting.parse_span`); every window is classified (default stride = window).
+        fps: frame rate of frame folders (for windows in seconds; videos carry their own).
         save_classes: also write the enrolled classes to this ``.fsarc`` file.
         batch_size, workers: frames per encoder batch and decode threads (default: the recipe's
             ``features.batch_size`` / ``features.workers``).
         on_progress: ``on_progress(n=1, *, total=None, label=None)``: support clips, then queries.
     Returns:
         The prediction table (module docstring), one row per query clip or window, in order;
-        ``DataFrame.attrs`` holds ``classes``, ``head``, ``checkpoint`` and ``encoder``.
+        ``DataFrame.attrs`` holds ``classes``, ``shots``, ``head``, ``checkpoint``, ``encoder``,
+        ``encoder_random``, ``prompt``, ``settings`` (where the settings came from), ``window``.
 
     Raises:
-        DataError: no support/classes, unreadable support, classes enrolled with other settings.
+        DataError: no or conflicting classes, unreadable support, a classes file or checkpoint of
+            another encoder.
         CheckpointError, EncoderError: the head or the encoder cannot be loaded.
     """
     from ..evaluation.heads import load_eval_head
+    from ..models.registry import head_spec
+    from ..recipe import load_recipe
 
-    if (support is None) == (classes is None):
-        raise DataError("give the classes one way: support=FOLDER_OR_CSV or classes=FILE.fsarc")
+    names: list[str] | None = None
+    if isinstance(classes, (str, Path, EnrolledClasses)):
+        if classes_file is not None:
+            raise DataError("give classes_file once")
+        classes_file, classes = classes, None
+    elif classes is not None:
+        names = [str(c) for c in classes]
+    given = [x for x in (support, names, classes_file) if x is not None]
+    if len(given) != 1:
+        raise DataError(
+            "give the classes one way: --support FOLDER_OR_CSV (examples), --classes NAME ... "
+            "(names only, --head text) or --classes-file FILE.fsarc"
+        )
     if stride is not None and window is None:
         raise DataError("--stride needs --window")
-    cfg = _resolve_recipe(recipe, checkpoint)
+    win = parse_span(window, "--window") if window is not None else None
+    strd = parse_span(stride, "--stride") if stride is not None else None
+
+    stored: EnrolledClasses | None = None
+    where = "the classes"
+    if classes_file is not None:
+        if isinstance(classes_file, EnrolledClasses):
+            stored = classes_file
+        else:
+            stored, where = load_classes(classes_file), str(classes_file)
+        if checkpoint is None and head is None and stored.checkpoint:
+            checkpoint = stored.checkpoint
+            if not Path(checkpoint).exists():
+                raise DataError(
+                    f"{where} was enrolled for checkpoint {checkpoint}, which no longer exists; "
+                    "pass -c RUN_OR_FILE (or --head NAME for an untrained baseline)"
+                )
+        if head is None and checkpoint is None:
+            head = stored.head
+
+    # the settings: checkpoint provenance > classes file > recipe > defaults for the encoder
+    enc_name = encoder if isinstance(encoder, str) else None
+    resolved = _provenance_recipe(checkpoint)
+    if isinstance(recipe, Recipe):
+        cfg, settings = recipe, f"recipe {recipe.name}"
+    elif recipe is not None:
+        cfg, settings = load_recipe(recipe), f"recipe {recipe}"
+    elif resolved is not None:
+        cfg, settings = load_recipe(resolved), f"the checkpoint's run ({resolved})"
+        if enc_name is not None and enc_name != cfg.features.encoder:
+            raise DataError(
+                f"{checkpoint} was trained on features of encoder {cfg.features.encoder!r} (its "
+                f"provenance, {resolved}); --encoder {enc_name!r} is another encoder: drop "
+                "--encoder, or use a checkpoint trained on that encoder"
+            )
+    elif stored is not None:
+        cfg, settings = _recipe_from_identity(stored.identity, where), f"the classes file {where}"
+    else:
+        cfg = _default_recipe(enc_name, weights)
+        settings = f"the {enc_name} encoder's defaults"
+    if (enc_name is not None or weights is not None) and resolved is None:
+        cfg = dataclasses.replace(
+            cfg,
+            features=dataclasses.replace(
+                cfg.features,
+                encoder=enc_name or cfg.features.encoder,
+                weights=str(weights)
+                if weights is not None
+                else (cfg.features.weights if enc_name in (None, cfg.features.encoder) else None),
+            ),
+        )
+    if prompt is not None:
+        if "{}" not in prompt:
+            raise DataError(f"--prompt {prompt!r} has no '{{}}' for the class name")
+        cfg = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, prompt=prompt))
     f = cfg.features
     bs = int(batch_size or f.batch_size)
     nw = int(f.workers if workers is None else workers)
-    spec = query_spec(cfg)
-    if encoder is None:
-        from ..encoders.clip import load_encoder
-
-        encoder = load_encoder(f.encoder, f.weights, device=device)
-    if f.crop != encoder.input_resolution:
+    if not isinstance(encoder, (str, type(None))):
+        enc = encoder
+    else:
+        enc = load_predict_encoder(f.encoder, f.weights, device=device)
+    if stored is not None:  # another encoder is refused by name before anything else
+        check_encoder(stored.identity, enc.describe(), where)
+    if (
+        settings.endswith("encoder's defaults") and f.crop != enc.input_resolution
+    ):  # defaults: fit it
+        crop = enc.input_resolution
+        resize = max(crop, int(round(crop * 256 / 224)))
+        cfg = dataclasses.replace(cfg, features=dataclasses.replace(f, crop=crop, resize=resize))
+        f = cfg.features
+    if f.crop != enc.input_resolution:
         raise DataError(
-            f"features.crop={f.crop}, but encoder {encoder.name!r} takes "
-            f"{encoder.input_resolution}x{encoder.input_resolution} images; set "
-            f"features.crop={encoder.input_resolution}"
+            f"features.crop={f.crop}, but encoder {enc.name!r} takes "
+            f"{enc.input_resolution}x{enc.input_resolution} images; set "
+            f"features.crop={enc.input_resolution}"
         )
-    identity = encoder_identity(encoder, spec, f.prompt)
+    spec = query_spec(cfg)
+    identity = encoder_identity(enc, spec, f.prompt)
     _check_trained_encoder(cfg, identity)
-    clips = find_clips(queries)
+    clips = find_clips(queries if isinstance(queries, (str, Path)) else list(queries or []))
+    if not clips and save_classes is None:
+        raise DataError("no queries: name videos, folders, globs or list files to classify")
     advance = on_progress or (lambda n=1, *, total=None, label=None: None)
-    if classes is not None:
-        where = str(classes) if not isinstance(classes, EnrolledClasses) else "the classes"
-        enrolled = classes if isinstance(classes, EnrolledClasses) else load_classes(classes)
-        check_identity(enrolled.identity, identity, where)
-        if enrolled.identity.get("precision") != identity["precision"]:
+    if stored is not None:
+        check_identity(stored.identity, identity, where)
+        if stored.identity.get("precision") != identity["precision"]:
             log.warning(
                 "%s was encoded in %s, this prediction runs %s: features differ by rounding",
                 where,
-                enrolled.identity.get("precision"),
+                stored.identity.get("precision"),
                 identity["precision"],
             )
+        enrolled = stored
+    elif names is not None:
+        enrolled = enroll_names(names, enc, spec, f.prompt)
     else:
         assert support is not None
-        sup = read_support(support)
+        sup = read_support(support) if not isinstance(support, list) else support
         advance(0, total=len(sup) + len(clips), label="encoding the support")
-        enrolled = enroll(
-            sup, encoder, spec, f.prompt, batch_size=bs, workers=nw, on_progress=advance
-        )
-    if save_classes is not None:
-        enrolled.save(save_classes)
+        enrolled = enroll(sup, enc, spec, f.prompt, batch_size=bs, workers=nw, on_progress=advance)
+    if head is None and checkpoint is None:
+        if enrolled.zero_shot:
+            head = "text"
+        else:
+            head = cfg.model.head if not head_spec(cfg.model.head).cls.trainable else "otam"
     head_module, ckpt = load_eval_head(
-        cfg, encoder.dim, head_name=head, checkpoint=checkpoint, device=device, trust=trust
+        cfg, enc.dim, head_name=head, checkpoint=checkpoint, device=device, trust=trust
     )
+    head_name = str(getattr(head_module, "name", head))
+    if save_classes is not None:
+        enrolled = dataclasses.replace(
+            enrolled,
+            head=head_name,
+            checkpoint=None if ckpt is None else str(Path(ckpt).resolve()),
+        )
+        enrolled.save(save_classes)
     predictor = Predictor(
-        head_module, encoder, enrolled, spec, device=device, batch_size=bs, workers=nw
+        head_module, enc, enrolled, spec, device=device, batch_size=bs, workers=nw
     )
-    advance(0, total=None if classes is None else len(clips), label="predicting")
-    rows = list(predictor.run(clips, window=window, stride=stride, fps=fps, on_progress=advance))
-    columns = PREDICT_COLUMNS + [f"logit:{c}" for c in enrolled.classes]
+    advance(0, total=len(clips) if stored is not None or names else None, label="predicting")
+    rows = list(predictor.run(clips, window=win, stride=strd, fps=fps, on_progress=advance))
+    columns = (
+        PREDICT_COLUMNS
+        + [f"prob:{c}" for c in enrolled.classes]
+        + [f"logit:{c}" for c in enrolled.classes]
+    )
     table = pd.DataFrame(rows, columns=columns)
     table.attrs.update(
         classes=list(enrolled.classes),
         shots=enrolled.shots.tolist(),
-        head=str(getattr(head_module, "name", head)),
+        zero_shot=enrolled.zero_shot,
+        head=head_name,
         checkpoint=ckpt,
         encoder=identity["encoder_label"],
         encoder_random=bool(identity["encoder_random"]),
+        prompt=f.prompt,
+        settings=settings,
+        window=None if win is None else f"{win} every {strd or win}",
     )
     return table
+
+
+def _recipe_from_identity(identity: dict[str, Any], where: str) -> Recipe:
+    """The clip settings a classes file records, as a recipe (encoder, frames, crop, prompt)."""
+    from ..recipe import recipe_from_dict
+
+    try:
+        feats = {
+            "encoder": identity["encoder"],
+            "weights": identity.get("weights_path"),
+            "num_frames": identity["num_frames"],
+            "sampling": {"test": identity["sampling"]},
+            "resize": identity["resize"],
+            "crop": identity["crop"],
+            "prompt": identity["prompt"],
+            "seed": identity["seed"],
+        }
+    except KeyError as exc:
+        raise DataError(
+            f"{where} does not record {exc.args[0]!r}; pass --recipe NAME or -c RUN"
+        ) from None
+    return recipe_from_dict({"name": "predict", "features": feats})
 
 
 def summarize_failures(table: pd.DataFrame) -> list[tuple[str, str]]:

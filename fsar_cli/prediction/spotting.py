@@ -1,30 +1,57 @@
 """Spotting: sliding windows over a long video, each classified as its own clip.
 
-``--window W --stride S`` (seconds) cut a video into windows of ``W`` seconds starting every
-``S`` seconds; windows end at or before the last frame (a video shorter than one window is one
-window). Each window becomes a clip exactly as ``fsar cache`` makes one from a video: ``T`` frames
-sampled one per equal segment of the window (:func:`fsar_cli.data.preprocess.plan_views`, with
-the window's own key ``<video key>@<first frame>`` for random sampling), resized and centre-cropped
-with :mod:`fsar_cli.data.preprocess`.
+``--window 2s --stride 1s`` cut a video into windows of 2 seconds starting every second (a bare
+number, or one with an ``f`` suffix, counts frames: ``--window 16``); windows end at or before the
+last frame (a video shorter than one window is one window). Each window becomes a clip exactly as
+``fsar cache`` makes one from a video: ``T`` frames sampled one per equal segment of the window
+(:func:`fsar_cli.data.preprocess.plan_views`, with the window's own key ``<video key>@<first
+frame>`` for random sampling), resized and centre-cropped with :mod:`fsar_cli.data.preprocess`.
 
 The video is decoded once, front to back, and only the frames some window samples are kept (each
 resized as it arrives), so memory is bounded by the window, not by the video's length.
+
+:func:`merge_runs` turns the windows' top classes into *runs*: consecutive windows of one video
+with the same top class, merged into one interval (few-shot action spotting).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..data.frames import iter_video_frames, list_frame_files, read_frame_files
 from ..data.preprocess import ViewSpec, crop_frames, plan_views, resize_frames
 from ..errors import DataError
 
-__all__ = ["Window", "window_frames", "iter_windows", "source_fps"]
+__all__ = [
+    "Window",
+    "Span",
+    "parse_span",
+    "window_frames",
+    "iter_windows",
+    "source_fps",
+    "merge_runs",
+    "RUN_COLUMNS",
+]
+
+#: Columns of :func:`merge_runs`'s table.
+RUN_COLUMNS = [
+    "query",
+    "key",
+    "label",
+    "start_frame",
+    "end_frame",
+    "start_s",
+    "end_s",
+    "windows",
+    "mean_prob",
+]
 
 
 @dataclass(frozen=True)
@@ -36,13 +63,66 @@ class Window:
     frames: torch.Tensor
 
 
-def window_frames(window: float, stride: float, fps: float) -> tuple[int, int]:
-    """Window and stride in seconds -> in frames (at least 1 each)."""
-    if window <= 0 or stride <= 0:
-        raise DataError(f"--window {window} / --stride {stride}: both must be positive seconds")
-    if not fps or fps <= 0 or not np.isfinite(fps):
-        raise DataError("the frame rate is unknown: pass --fps (frame folders have none)")
-    return max(1, int(round(window * fps))), max(1, int(round(stride * fps)))
+@dataclass(frozen=True)
+class Span:
+    """A window or stride length: ``value`` seconds (``unit="s"``) or frames (``"frames"``)."""
+
+    value: float
+    unit: str
+
+    def __str__(self) -> str:
+        return f"{self.value:g}s" if self.unit == "s" else f"{int(self.value)} frames"
+
+    def frames(self, fps: float | None) -> int:
+        if self.unit == "frames":
+            return int(self.value)
+        if not fps or fps <= 0 or not np.isfinite(fps):
+            raise DataError(
+                f"the frame rate is unknown, so {self} cannot be counted in frames: pass --fps "
+                "(frame folders have none) or give the window in frames (--window 16)"
+            )
+        return max(1, int(round(self.value * fps)))
+
+
+_SPAN = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|ms|f|frames?)?\s*$", re.IGNORECASE)
+
+
+def parse_span(value: str | float | Span, what: str = "--window") -> Span:
+    """``"2s"``, ``"1.5s"``, ``"500ms"`` -> seconds; ``"16"``, ``"16f"`` -> frames.
+
+    A Python number (not a string) is seconds.
+    """
+    if isinstance(value, Span):
+        span = value
+    elif isinstance(value, (int, float)):
+        span = Span(float(value), "s")
+    else:
+        m = _SPAN.match(str(value))
+        if m is None:
+            raise DataError(
+                f"{what} {value!r}: give seconds with an s suffix (2s, 0.5s, 500ms) or frames "
+                "as a whole number (16)"
+            )
+        num, unit = float(m.group(1)), (m.group(2) or "f").lower()
+        if unit == "ms":
+            span = Span(num / 1000.0, "s")
+        elif unit in ("s", "sec"):
+            span = Span(num, "s")
+        else:
+            if num != int(num):
+                raise DataError(f"{what} {value!r}: a count of frames must be a whole number")
+            span = Span(num, "frames")
+    if span.value <= 0 or not np.isfinite(span.value):
+        raise DataError(f"{what} {value!r}: must be positive")
+    return span
+
+
+def window_frames(
+    window: str | float | Span, stride: str | float | Span, fps: float | None
+) -> tuple[int, int]:
+    """Window and stride (seconds or frames, :func:`parse_span`) -> in frames (at least 1)."""
+    w, s = parse_span(window, "--window"), parse_span(stride, "--stride")
+    return max(1, w.frames(fps)), max(1, s.frames(fps))
 
 
 def source_fps(source: Path) -> float | None:
@@ -121,3 +201,37 @@ def _clip(
 ) -> Window:
     rows = torch.cat([kept[int(j)] for j in idx])  # [T, 3, R, R]
     return Window(a, b, crop_frames(rows, spec.crop, offset).unsqueeze(0).contiguous())
+
+
+def merge_runs(table: pd.DataFrame) -> pd.DataFrame:
+    """Runs of consecutive windows of one video with the same top class (:data:`RUN_COLUMNS`).
+
+    ``table`` is :func:`fsar_cli.prediction.predict`'s table with windows; failed rows break
+    nothing (they have no windows). A run spans from its first window's start to its last
+    window's end; ``mean_prob`` is the mean top-class probability over its windows.
+    """
+    rows: list[dict[str, object]] = []
+    ok = table[table["status"] == "ok"] if len(table) else table
+    for (query, key), group in ok.groupby(["query", "key"], sort=False):
+        run: dict[str, object] | None = None
+        probs: list[float] = []
+        for r in group.itertuples(index=False):
+            if run is not None and r.label == run["label"]:
+                run.update(end_frame=int(r.end_frame), end_s=float(r.end_s), windows=len(probs) + 1)
+                probs.append(float(r.prob))
+                run["mean_prob"] = float(np.mean(probs))
+                continue
+            run = {
+                "query": query,
+                "key": key,
+                "label": r.label,
+                "start_frame": int(r.start_frame),
+                "end_frame": int(r.end_frame),
+                "start_s": float(r.start_s),
+                "end_s": float(r.end_s),
+                "windows": 1,
+                "mean_prob": float(r.prob),
+            }
+            probs = [float(r.prob)]
+            rows.append(run)
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)

@@ -28,7 +28,8 @@ from fsar_cli.features.cache import cache_features
 from fsar_cli.features.store import FeatureStore
 from fsar_cli.models import create_head, save_head_checkpoint
 from fsar_cli.prediction.classes_file import load_classes
-from fsar_cli.prediction.predictor import PREDICT_COLUMNS, predict
+from fsar_cli.prediction.predictor import predict
+from fsar_cli.prediction.spotting import merge_runs, parse_span
 from fsar_cli.recipe import Recipe, recipe_from_dict
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
@@ -201,7 +202,7 @@ def test_support_folder_and_failed_query(
         predict(qdir, support=sup, recipe=recipe, head="proto", encoder=encoder)
     bad = tmp_path / "bad.csv"
     bad.write_text("file,class\nx,y\n")
-    with pytest.raises(DataError, match="path and label"):
+    with pytest.raises(DataError, match="path and class"):
         predict(qdir, support=bad, recipe=recipe, head="proto", encoder=encoder)
     with pytest.raises(DataError, match="one way"):
         predict(qdir, recipe=recipe, head="proto", encoder=encoder)
@@ -230,8 +231,13 @@ def test_spotting_window_is_the_clip_of_its_frames(
     whole = predict(part, **kw)
     cols = [f"logit:{n}" for n in NAMES]
     np.testing.assert_array_equal(spots[cols].to_numpy()[1], whole[cols].to_numpy()[0])
-    with pytest.raises(DataError, match="--fps"):
-        predict(src, window=1.0, **kw)
+    no_rate = predict(src, window="1s", **kw)  # a frame folder has no frame rate: that row fails
+    assert no_rate["status"].tolist() == ["failed"] and "--fps" in no_rate["reason"].iloc[0]
+    in_frames = predict(src, window="4", stride="2f", **kw)  # frames need no rate
+    np.testing.assert_array_equal(in_frames[cols].to_numpy(), spots[cols].to_numpy())
+    runs = merge_runs(spots)
+    assert runs["windows"].sum() == len(spots) and runs["start_frame"].iloc[0] == 0
+    assert runs["end_frame"].iloc[-1] == 8
     longer = predict(src, window=10.0, fps=4.0, **kw)  # shorter than a window: one window
     assert longer[["start_frame", "end_frame"]].values.tolist() == [[0, 8]]
 
@@ -265,7 +271,10 @@ def test_api_and_cli(tmp_path: Path, cached: tuple[Path, Recipe]) -> None:
     assert res.exit_code == 0, res.output
     assert "RANDOM WEIGHTS" in res.output and "otam" in res.output
     csv = pd.read_csv(out)
-    assert list(csv.columns[:11]) == PREDICT_COLUMNS
+    n = len(fsar_cli.prediction.predictor.PREDICT_COLUMNS)
+    assert list(csv.columns[:n]) == fsar_cli.prediction.predictor.PREDICT_COLUMNS
+    assert {f"prob:{c}" for c in NAMES} <= set(csv.columns)
+    assert csv[[f"prob:{c}" for c in NAMES]].sum(axis=1).round(5).eq(1).all()
     assert csv["label"].iloc[0] in NAMES
     res = CliRunner().invoke(
         app,
@@ -283,28 +292,109 @@ def test_api_and_cli(tmp_path: Path, cached: tuple[Path, Recipe]) -> None:
     assert res.exit_code == 1 and "does not exist" in res.output
 
 
-def test_data_import_writes_a_benchmark(tmp_path: Path) -> None:
-    from fsar_cli.data.splits import load_split
-    from fsar_cli.recipe import load_recipe
+def test_window_syntax() -> None:
+    assert parse_span("2s").unit == "s" and parse_span("2s").value == 2.0
+    assert parse_span("500ms").value == 0.5
+    assert parse_span("16").unit == "frames" and parse_span("16f").value == 16
+    assert parse_span(1.5).unit == "s"
+    for bad in ("2x", "-1s", "0", "1.5f"):
+        with pytest.raises(DataError):
+            parse_span(bad)
 
-    src = tmp_path / "mine"
-    for c in range(4):
-        for v in _videos(c)[:2]:
-            shutil.copytree(TINY / "test" / f"test{c}" / v, src / f"class_{c}" / v)
+
+def test_zero_shot_text_head_and_exit_codes(
+    tmp_path: Path, cached: tuple[Path, Recipe], encoder: Encoder
+) -> None:
+    tmp, recipe = cached
+    queries = [TINY / "test" / f"test{c}" / _videos(c)[0] for c in range(len(NAMES))]
+    names_only = predict(queries, classes=NAMES, recipe=recipe, head="text", encoder=encoder)
+    with_support = predict(
+        queries, support=_support_csv(tmp, 2), recipe=recipe, head="text", encoder=encoder
+    )
+    cols = [f"logit:{n}" for n in NAMES]
+    # the text head ignores supports: names alone give the same logits
+    np.testing.assert_array_equal(names_only[cols].to_numpy(), with_support[cols].to_numpy())
+    assert names_only.attrs["zero_shot"] and names_only.attrs["head"] == "text"
+    with pytest.raises(DataError, match="only --head text"):
+        predict(queries, classes=NAMES, recipe=recipe, head="otam", encoder=encoder)
+
+    from fsar_cli.recipe import dump_recipe
+
+    yaml = tmp_path / "tiny.yaml"
+    yaml.write_text(dump_recipe(recipe))
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    notes = tmp_path / "notes.md"
+    notes.write_text("not a video")
     res = CliRunner().invoke(
-        app, ["data", "import", str(src), "--out", str(tmp_path / "bench"), "--test", "2"]
+        app,
+        [
+            "predict",
+            "--classes",
+            "alpha",
+            "beta",
+            "gamma",
+            str(queries[0]),
+            str(empty),
+            str(notes),
+            "--head",
+            "text",
+            "--recipe",
+            str(yaml),
+            "--out",
+            str(tmp_path / "p.json"),
+        ],
+    )
+    assert res.exit_code == 0, res.output  # some failed, not all
+    assert "3 classes by name (zero-shot)" in res.output
+    assert "2 failed" in res.output and "empty.mp4" in res.output and "notes.md" in res.output
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert set(doc["predictions"][0]["scores"]) == set(NAMES)
+    assert sorted(Path(f["query"]).name for f in doc["failures"]) == ["empty.mp4", "notes.md"]
+    res = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--classes",
+            "alpha",
+            "beta",
+            str(empty),
+            "--head",
+            "text",
+            "--recipe",
+            str(yaml),
+        ],
+    )
+    assert res.exit_code == 1 and "empty.mp4" in res.output  # every query failed
+
+
+def test_unequal_shots_and_encoder_refused_by_name(
+    tmp_path: Path, cached: tuple[Path, Recipe], encoder: Encoder
+) -> None:
+    tmp, recipe = cached
+    rows = [
+        {"path": str(TINY / "test" / f"test{c}" / v), "class": NAMES[c]}
+        for c in range(len(NAMES))
+        for v in _videos(c)[: c + 1]  # 1, 2, 3 shots
+    ]
+    sup = tmp_path / "sup.csv"
+    pd.DataFrame(rows).to_csv(sup, index=False)
+    query = TINY / "test" / "test0" / _videos(0)[-1]
+    fsarc = tmp_path / "u.fsarc"
+    table = predict(
+        query, support=sup, recipe=recipe, head="otam", encoder=encoder, save_classes=fsarc
+    )
+    assert table.attrs["shots"] == [1, 2, 3]
+    from fsar_cli.recipe import dump_recipe
+
+    yaml = tmp_path / "tiny.yaml"
+    yaml.write_text(dump_recipe(recipe))
+    res = CliRunner().invoke(
+        app, ["predict", "--classes-file", str(fsarc), str(query), "--recipe", str(yaml)]
     )
     assert res.exit_code == 0, res.output
-    recipe = load_recipe(tmp_path / "bench" / "bench.yaml")
-    test = load_split(recipe, "test")
-    train = load_split(recipe, "train")
-    assert len(test) == 4 and len(train) == 4 and load_split(recipe, "val") == []
-    names = set(recipe.data.classes.test) | set(recipe.data.classes.train)
-    assert names == {f"class {c}" for c in range(4)}
-    from fsar_cli.data.sources import locate
-
-    assert all(locate(recipe, e).path is not None for e in test + train)
-    res = CliRunner().invoke(
-        app, ["data", "import", str(src), "--out", str(tmp_path / "x"), "--test", "4"]
-    )
-    assert res.exit_code == 1 and "classes" in res.output
+    assert "unequal shots (alpha 1, beta 2, gamma 3)" in res.output
+    assert "head otam" in res.output  # recorded in the classes file
+    other = load_encoder("random:tiny", seed=1)
+    with pytest.raises(DataError, match="enrolled with encoder 'random:tiny'"):
+        predict(query, classes_file=fsarc, recipe=recipe, encoder=other)
