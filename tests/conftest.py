@@ -40,6 +40,8 @@ def _isolated_home(
     monkeypatch.setenv("FSAR_RESULTS_DB", str(home / "results.sqlite"))
     monkeypatch.setenv("FSAR_SPLITS", str(SHARED / "benchmarks"))
     monkeypatch.delenv("FSAR_SPLITS_URL", raising=False)
+    # recipes a test writes (fsar data import) never land in the repository's recipes/
+    monkeypatch.setenv("FSAR_RECIPES", str(tmp_path_factory.mktemp("recipes")))
 
 
 @pytest.fixture

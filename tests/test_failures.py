@@ -699,16 +699,30 @@ def test_permission_error_is_not_called_corrupt(
 
 def test_data_import_keeps_files_it_did_not_write(tmp_path: Path) -> None:
     src = tmp_path / "mine"
-    for c in range(3):
-        for v in sorted(p.name for p in (TINY / "test" / f"test{c}").iterdir())[:2]:
-            shutil.copytree(TINY / "test" / f"test{c}" / v, src / f"class_{c}" / v)
+    classes = [TINY / "test" / f"test{c}" for c in range(5)] + [
+        sorted((TINY / "train").iterdir())[0]
+    ]
+    for c, folder in enumerate(classes):
+        for v in sorted(p.name for p in folder.iterdir())[:2]:
+            shutil.copytree(folder / v, src / f"class_{c}" / v)
     out = tmp_path / "bench"
     out.mkdir()
     (out / "classes.json").write_text("my classes")
-    res = _fsar("data", "import", src, "--out", out, "--test", 2)
+    small = ["--test", 2, "--val", 2] + [
+        x
+        for k in (
+            "train.n_way=2",
+            "eval.n_way=2",
+            "train.n_query=1",
+            "eval.n_query=1",
+            "eval.shots=1",
+        )
+        for x in ("--set", k)
+    ]
+    res = _fsar("data", "import", src, "--out", out, *small)
     _one_line_error(res, str(out / "classes.json"), "another --out")
     assert _user_files(out) == {"classes.json": b"my classes"}
     fresh = tmp_path / "fresh"
-    assert _fsar("data", "import", src, "--out", fresh, "--test", 2).exit_code == 0
-    res = _fsar("data", "import", src, "--out", fresh, "--test", 1)  # redoing its own import
+    assert _fsar("data", "import", src, "--out", fresh, *small).exit_code == 0
+    res = _fsar("data", "import", src, "--out", fresh, *small, "--seed", 1)  # redoing its own
     assert res.exit_code == 0, res.output
