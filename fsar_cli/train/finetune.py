@@ -25,9 +25,9 @@ of the mean loss over its episodes while memory holds the activations of one epi
 
 Under ``torchrun`` the episodes of a step are split across ranks and the gradients averaged
 (:meth:`fsar_cli.distributed.Dist.all_reduce_grads_`, the DistributedDataParallel update; BatchNorm
-statistics are rank 0's); only rank 0 writes files. Dropout streams are the frozen trainer's
-(:mod:`fsar_cli.train.rng`): rank 0 keeps the single-process stream, rank ``r > 0`` one seeded by
-``(train.seed, r)``; a resume with another number of processes reseeds them and warns.
+statistics are rank 0's); only rank 0 writes files. Dropout is drawn per episode as in the frozen
+trainer (:mod:`fsar_cli.train.rng`: seeded by ``(train.seed, step, episode index)``), so the
+number of processes and a resume do not change the masks.
 
 Run folder: as :mod:`.loop` (``last.pt`` also holds ``tower_state``, the optimiser state of
 the tower and the head, and the RNG state of every rank), plus ``tower.pt``, the visual tower of
@@ -54,6 +54,7 @@ from ..recipe import Recipe
 from .finetune_data import ValEpisodes, episode_source, frame_loader, validate
 from .finetune_step import build_model, finetune_step
 from .loop import TrainResult, cpu_state, selection_label, train_run
+from .rng import episode_generators
 from .runs import RunDir
 from .tower import amp_dtype, save_tower, tower_state_dict
 
@@ -117,11 +118,13 @@ class FinetuneMode:
         self.stream = iter(frame_loader(ds, cfg.workers, self.dev, cfg.seed))
 
     def step(self, step: int, lo: int, hi: int) -> dict[str, float]:
-        weight = self.d.world / int(
-            self.recipe.train.episodes_per_step
-        )  # mean over ranks = mean over E
+        E = int(self.recipe.train.episodes_per_step)
+        weight = self.d.world / E  # mean over ranks = mean over E
+        gens = episode_generators(
+            self.recipe.train.seed, step, range(step * E + lo, step * E + hi), self.dev
+        )
         return finetune_step(
-            self.m, self.stream, hi - lo, weight, self.recipe, self.dev, self.amp, self.d
+            self.m, self.stream, hi - lo, weight, self.recipe, self.dev, self.amp, self.d, gens
         )
 
     def validate(self) -> tuple[float, float]:

@@ -21,11 +21,10 @@ share ``Dist.split(episodes_per_step)`` of every step's episodes, weighted so th
 averaged across ranks (the DistributedDataParallel update) are those of the mean loss over all
 the step's episodes, also when the split is uneven; the global episodes per step stay the
 recipe's. Validation episodes are split across ranks and their accuracies gathered (numbers
-identical to a single process). Only rank 0 writes the run folder. ``last.pt`` holds every rank's
-RNG state; a resume with the same number of processes restores each rank's own, one with another
-number reseeds every rank's dropout from ``(train.seed, step, rank)`` (logged as a warning).
-Ranks other than 0 draw dropout from a stream seeded by ``(train.seed, rank)``; rank 0 keeps the
-single-process stream.
+identical to a single process). Only rank 0 writes the run folder. Dropout is drawn per episode,
+so 1, 2 or 3 processes train the same weights up to the order of floating-point sums, dropout on,
+and a resume may use another number of processes. ``last.pt`` also holds every rank's global RNG
+state (:mod:`.rng`).
 
 """
 
@@ -46,6 +45,7 @@ from ..recipe import Recipe
 from .frozen_setup import TrainSetup, build_setup
 from .frozen_step import episode_tensors, train_step
 from .loop import TrainResult, cpu_state, train_run
+from .rng import episode_generators
 from .runs import RunDir
 from .schedule import build_optimizer
 
@@ -95,6 +95,9 @@ class FrozenMode:
             grad_clip=cfg.grad_clip,
             dist=self.d,
             total=E,
+            generators=episode_generators(
+                cfg.seed, step, range(step * E + lo, step * E + hi), self.dev
+            ),
         )
 
     def validate(self) -> tuple[float, float]:
