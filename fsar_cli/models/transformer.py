@@ -110,22 +110,35 @@ class TemporalTransformer(nn.Module):
             EpisodeDropout(ffn_dropout),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[..., L, D]`` -> ``[..., L, D]`` (any leading dims; each sequence attends to itself)"""
+    def forward(self, x: torch.Tensor, keep: int | None = None) -> torch.Tensor:
+        """``[..., L, D]`` -> ``[..., L, D]`` (any leading dims; each sequence attends to itself).
+
+        Args:
+            keep: compute only the outputs of the first ``keep`` tokens -> ``[..., keep, D]``;
+                every token is still attended to. The work after the attention (query
+                projection, output projection, feed-forward) of the other tokens is skipped,
+                e.g. the class text token of a support, whose output CLIP-FSAR discards.
+        """
         lead, (length, dim) = x.shape[:-2], x.shape[-2:]
         x = x.reshape(-1, length, dim)  # [B, L, D]
         h = self.num_heads
         n = self.norm(x)  # the same normalised sequence is used as q, k and v
-        # one matmul for q, k, v: [B, L, 3D]
-        w = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight], dim=0)
-        q, k, v = F.linear(n, w).chunk(3, dim=-1)
+        if keep is None or keep >= length:
+            keep = length
+            # one matmul for q, k, v: [B, L, 3D]
+            w = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight], dim=0)
+            q, k, v = F.linear(n, w).chunk(3, dim=-1)
+        else:
+            k, v = F.linear(n, torch.cat([self.to_k.weight, self.to_v.weight])).chunk(2, dim=-1)
+            q = F.linear(n[:, :keep], self.to_q.weight)  # [B, keep, D]
+            x = x[:, :keep]
         # [B, L, D] -> [B, h, L, D/h]
-        q, k, v = (t.reshape(-1, length, h, dim // h).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.reshape(t.shape[0], -1, h, dim // h).transpose(1, 2) for t in (q, k, v))
         att = F.scaled_dot_product_attention(q, k, v)  # softmax(q kᵀ / sqrt(D/h)) v
-        att = att.transpose(1, 2).reshape(-1, length, dim)  # [B, h, L, D/h] -> [B, L, D]
+        att = att.transpose(1, 2).reshape(-1, keep, dim)  # [B, h, keep, D/h] -> [B, keep, D]
         x = x + self.to_out(att)
         x = x + self.ffn(x)
-        return x.reshape(*lead, length, dim)
+        return x.reshape(*lead, keep, dim)
 
 
 class ResidualAdapter(nn.Module):
