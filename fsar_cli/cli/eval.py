@@ -21,6 +21,7 @@ from .options import (
     EvalSplitOpt,
     NoRecordOpt,
     OverrideOpt,
+    PrecisionOpt,
     QueryOpt,
     SeedOpt,
     WayOpt,
@@ -97,6 +98,7 @@ def eval_command(
         typer.Option("--trust", help="Allow unpickling a reference checkpoint (runs its code)."),
     ] = False,
     device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "fp32",
     overrides: OverrideOpt = None,
 ) -> None:
     """Evaluate a head on N-way K-shot episodes of a cached split; mean accuracy and 95% CI.
@@ -137,11 +139,14 @@ def eval_command(
                     overrides=overrides or [],
                     trust=trust,
                     on_progress=advance,
+                    precision=precision,
                 )
         finally:
             distributed.shutdown()
     if not d.is_main:
         return
+    if precision != "fp32":
+        console.print(f"[yellow]computed in {precision}[/]: numbers differ slightly from fp32")
     console.print(result_table(result))
     if save_episodes is not None:
         console.print(f"episodes written to {save_episodes}")

@@ -17,6 +17,7 @@ __all__ = [
     "EvalSplitOpt",
     "NoRecordOpt",
     "DeviceOpt",
+    "PrecisionOpt",
 ]
 
 OverrideOpt = Annotated[
@@ -51,3 +52,11 @@ NoRecordOpt = Annotated[
     bool, typer.Option("--no-record", help="Do not append results to the database.")
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="fp32 (exact, default) or bf16: the head's matrix products in bfloat16 (faster on "
+        "CPUs with AVX512-BF16 and on GPUs; slightly different numbers, matching stays fp32).",
+    ),
+]

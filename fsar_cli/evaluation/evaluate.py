@@ -22,6 +22,7 @@ from ..episodes import EpisodeBatch, EpisodeSampler, load_episodes
 from ..episodes import save_episodes as _save_episodes
 from ..errors import EpisodeError
 from ..features.store import FeatureStore, store_path
+from ..models.precision import check_precision, compute_precision
 from ..progress import ProgressFn
 from ..recipe import Recipe
 from ..results.db import git_sha
@@ -222,6 +223,7 @@ def evaluate(
     overrides: list[str] | tuple[str, ...] = (),
     trust: bool = False,
     on_progress: ProgressFn | None = None,
+    precision: str = "fp32",
 ) -> EvalResult:
     """Evaluate a head on seeded episodes of a cached split (defaults from ``recipe.eval``).
 
@@ -245,6 +247,7 @@ def evaluate(
         (identical to a single process's); only rank 0 writes the database row and the list.
     """
     split = split or recipe.eval.split
+    check_precision(precision)
     d = distributed.init(device)  # under torchrun: this rank's device, episodes split by rank
     device = str(d.device(device))
     store = FeatureStore.open(store_path(recipe.features.cache_dir, split))
@@ -266,17 +269,18 @@ def evaluate(
     if on_progress is not None:
         lo, hi = rank_range(plan.n, recipe.eval.batch_episodes, d)
         on_progress(0, total=hi - lo, label=f"rank 0 of {d.world}" if d.enabled else None)
-    accs = sharded_accuracies(
-        head,
-        store.features,
-        store.text,
-        plan.fetch,
-        plan.n,
-        d,
-        device=device,
-        chunk=recipe.eval.batch_episodes,
-        on_progress=on_progress,
-    )
+    with compute_precision(precision, device):
+        accs = sharded_accuracies(
+            head,
+            store.features,
+            store.text,
+            plan.fetch,
+            plan.n,
+            d,
+            device=device,
+            chunk=recipe.eval.batch_episodes,
+            on_progress=on_progress,
+        )
     result = EvalResult(
         recipe=recipe.name,
         benchmark=recipe.data.split_name or recipe.name,

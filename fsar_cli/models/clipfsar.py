@@ -171,7 +171,8 @@ class CLIPFSARHead(FewShotHead):
     def match(self, query_enc: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
         """``-(OTAM(D) + OTAM(Dᵀ))`` with ``D = 1 - cos``: ``[..., N_q, T, D]`` x ``[..., W, T, D]``
         -> ``[..., N_q, W]``."""
-        dists = frame_distances(query_enc, protos)  # [..., N_q, W, T, T]
+        with torch.autocast(query_enc.device.type, enabled=False):  # matching in float32
+            dists = frame_distances(query_enc.float(), protos.float())  # [..., N_q, W, T, T]
         # 1 - cos <= 2: without gradients the exp form of OTAM applies (otam.py)
         return -otam_distance(dists, self.otam_lambda, bidirectional=True, max_dist=2.0)
 

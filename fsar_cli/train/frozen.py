@@ -40,6 +40,7 @@ from .. import distributed
 from ..evaluation.batched import sharded_accuracies
 from ..evaluation.metrics import mean_and_ci95
 from ..models import save_head_checkpoint
+from ..models.precision import check_precision, compute_precision
 from ..progress import ProgressFn
 from ..recipe import Recipe
 from .frozen_setup import TrainSetup, build_setup
@@ -66,8 +67,10 @@ class FrozenMode:
         d: distributed.Dist,
         dev: torch.device,
         micro_batch: int | None,
+        precision: str = "fp32",
     ) -> None:
         self.recipe, self.su, self.d, self.dev, self.micro_batch = recipe, su, d, dev, micro_batch
+        self.precision = precision
         self.head = su.head
         self.optimizer: torch.optim.Optimizer = build_optimizer(su.head, recipe.train)
         self.sel_split = su.sel_split
@@ -85,32 +88,34 @@ class FrozenMode:
         # and however many ranks share them
         batch = su.sampler.sample(hi - lo, start=step * E + lo)
         ep = episode_tensors(batch, su.train_store.features, su.text_table, self.dev)
-        return train_step(
-            self.head,
-            self.optimizer,
-            ep,
-            su.text_table,
-            cfg.lambda_vt,
-            micro_batch=self.micro_batch,
-            grad_clip=cfg.grad_clip,
-            dist=self.d,
-            total=E,
-            generators=episode_generators(
-                cfg.seed, step, range(step * E + lo, step * E + hi), self.dev
-            ),
-        )
+        with compute_precision(self.precision, self.dev):
+            return train_step(
+                self.head,
+                self.optimizer,
+                ep,
+                su.text_table,
+                cfg.lambda_vt,
+                micro_batch=self.micro_batch,
+                grad_clip=cfg.grad_clip,
+                dist=self.d,
+                total=E,
+                generators=episode_generators(
+                    cfg.seed, step, range(step * E + lo, step * E + hi), self.dev
+                ),
+            )
 
     def validate(self) -> tuple[float, float]:
         su = self.su
-        accs = sharded_accuracies(
-            self.head,
-            su.val_store.features,
-            su.val_store.text,
-            su.val_batch.slice,
-            len(su.val_batch),
-            self.d,
-            device=str(self.dev),
-        )
+        with compute_precision(self.precision, self.dev):
+            accs = sharded_accuracies(
+                self.head,
+                su.val_store.features,
+                su.val_store.text,
+                su.val_batch.slice,
+                len(su.val_batch),
+                self.d,
+                device=str(self.dev),
+            )
         return mean_and_ci95(accs)
 
     def save_best(self, run: RunDir, info: dict[str, Any]) -> None:
@@ -158,6 +163,7 @@ def meta_train(
     max_steps: int | None = None,
     argv: list[str] | None = None,
     micro_batch: int | None = None,
+    precision: str = "fp32",
 ) -> TrainResult:
     """Meta-train ``recipe.model.head`` on the recipe's cached train split.
 
@@ -171,6 +177,8 @@ def meta_train(
             ``train.steps``); continue later with ``resume``.
         argv: command line recorded in ``resolved_recipe.yaml``.
         micro_batch: episodes per forward/backward (memory bound only; None = all of a step).
+        precision: ``fp32`` or ``bf16`` (:mod:`fsar_cli.models.precision`): the head's matrix
+            products in training steps and validation (not recorded in the recipe).
     Returns:
         :class:`TrainResult`; files as described in :mod:`.runs` and :mod:`.loop`.
     Raises:
@@ -181,7 +189,9 @@ def meta_train(
         recipe,
         out_dir,
         "frozen",
-        lambda d, dev: FrozenMode(recipe, build_setup(recipe, dev), d, dev, micro_batch),
+        lambda d, dev: FrozenMode(
+            recipe, build_setup(recipe, dev), d, dev, micro_batch, check_precision(precision)
+        ),
         resume=resume,
         device=device,
         argv=argv,
