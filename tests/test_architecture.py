@@ -27,7 +27,7 @@ LEVELS = {
     "demo": 8,
     "cli": 9,
 }
-FOUNDATION = {"errors", "atomic", "progress", "recipe", "episodes", "distributed"}
+FOUNDATION = {"errors", "atomic", "progress", "recipe", "episodes", "distributed", "threads"}
 
 
 def _room(module: str) -> str:
