@@ -7,8 +7,11 @@ waiting threads burn the cores the others need and wait for descheduled peers (m
 several, against 3.6-3.7 s on one thread). fsar therefore, before torch starts:
 
 - sets ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep; costs little when idle);
-- uses ``cores - round(1-minute load average)`` threads (at least 1, at most the cores this
-  process may run on), so the threads fit in the cores other processes leave free.
+- uses as many threads as the cores other processes leave free: the cores this process may run on
+  minus the other processes running right now (``procs_running`` of ``/proc/stat``, the least of
+  a few samples 5 ms apart, so a busy neighbour counts and a passing one does not; the 1-minute
+  load average where there is no ``/proc``), at least 1. The load average is not used on Linux:
+  it lags a minute behind and counts fsar's own previous command.
 
 User settings win: ``OMP_NUM_THREADS`` / ``OMP_WAIT_POLICY`` in the environment (torchrun sets
 ``OMP_NUM_THREADS=1`` for its ranks), or an explicit ``threads`` (``fsar --threads N``).
@@ -25,7 +28,13 @@ import os
 import sys
 from dataclasses import dataclass
 
-__all__ = ["ThreadChoice", "available_cores", "choose_threads", "configure_threads"]
+__all__ = [
+    "ThreadChoice",
+    "available_cores",
+    "choose_threads",
+    "configure_threads",
+    "other_running",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +45,7 @@ class ThreadChoice:
 
     threads: int
     wait_policy: str
-    source: str  # "--threads", "OMP_NUM_THREADS", or "load" (cores minus load average)
+    source: str  # "--threads", "OMP_NUM_THREADS", or "load" (cores minus busy processes)
 
 
 def available_cores() -> int:
@@ -50,6 +59,30 @@ def available_cores() -> int:
 def choose_threads(cores: int, load: float) -> int:
     """``cores - round(load)``, clamped to ``1 .. cores``: threads the other processes leave."""
     return max(1, min(cores, cores - int(load + 0.5)))
+
+
+def other_running(samples: int = 3, gap: float = 0.005) -> float:
+    """Other processes running now: ``procs_running - 1`` (least of ``samples``), else load."""
+    import time
+
+    counts = []
+    for i in range(samples):
+        try:
+            with open("/proc/stat") as f:
+                for line in f:
+                    if line.startswith("procs_running"):
+                        counts.append(int(line.split()[1]) - 1)  # minus this process
+                        break
+        except (OSError, ValueError):
+            break
+        if i + 1 < samples:
+            time.sleep(gap)
+    if counts:
+        return float(max(0, min(counts)))
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
 
 
 def configure_threads(threads: int | None = None) -> ThreadChoice:
@@ -72,11 +105,7 @@ def configure_threads(threads: int | None = None) -> ThreadChoice:
     elif env.get("OMP_NUM_THREADS", "").strip().isdigit() and int(env["OMP_NUM_THREADS"]) > 0:
         n, source = int(env["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
     else:
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):
-            load = 0.0
-        n, source = choose_threads(available_cores(), load), "load"
+        n, source = choose_threads(available_cores(), other_running()), "load"
     env["OMP_NUM_THREADS"] = str(n)  # read by torch's OpenMP runtime when it starts
     env.setdefault("MKL_NUM_THREADS", str(n))
     if "torch" in sys.modules:  # already started: the count can still change, the policy not
