@@ -1,6 +1,6 @@
 """Threads under load: fsar's default thread choice vs fixed settings, idle and with busy peers.
 
-For each command (``train``: 20 frozen steps of the clipfsar head at D = 512 on a synthetic
+For each command (``train``: 20 frozen steps of 4 episodes, clipfsar head, D = 512, synthetic
 store; ``eval``: 2,000 5-way 1-shot episodes of that head; ``cache``: 12 videos x 8 JPEG frames
 through ``random:ViT-B/32``), each load (0, 1 and 2 busy-loop processes this script starts, each
 with a time limit, and always stops) and each setting, the command runs as
@@ -82,7 +82,7 @@ def prepare(root: Path) -> dict[str, list[str]]:
     recipe = {
         "name": "threads-bench",
         "features": {"cache_dir": str(cache)},
-        "train": {"steps": 20, "episodes_per_step": 8, "val_every": 1000, "val_episodes": 20},
+        "train": {"steps": 20, "episodes_per_step": 4, "val_every": 1000, "val_episodes": 20},
         "eval": {"episodes": 2000, "n_query": 1},
     }
     path = root / "recipe.yaml"
