@@ -28,7 +28,8 @@ def test_gpu_check_runs_end_to_end_on_the_cpu() -> None:
     for check in (
         "finetune episode",
         "frozen training",
-        "cache random:tiny",
+        "cache random:tiny, JPEG folders",
+        "cache random:tiny, video files",
         "eval 200 5-way 5-shot",
     ):
         assert check in table, table
