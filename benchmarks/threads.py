@@ -112,7 +112,9 @@ def prepare(root: Path) -> dict[str, list[str]]:
     cache_path.write_text(json.dumps(cache_recipe))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FSAR_NO_PROGRESS": "1"}
     run = root / "run0"
-    cmd = [sys.executable, "-m", "fsar_cli", "train", str(path), "--out", str(run), "--steps", "1"]
+    # one finished step: validated, so the run folder has best.pt (the eval checkpoint)
+    cmd = [sys.executable, "-m", "fsar_cli", "train", str(path), "--out", str(run)]
+    cmd += ["--set", "train.steps=1"]
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
     return {
         "train": ["train", str(path), "--out", "{tmp}/run{n}"],
