@@ -240,6 +240,9 @@ def evaluate(
         overrides: the ``--set`` overrides that made ``recipe``, recorded as provenance.
         trust: allow arbitrary unpickling of a reference checkpoint that needs it.
         on_progress: advanced by the number of episodes finished (this rank's, under torchrun).
+        precision: ``fp32`` (default) or ``bf16`` (:mod:`fsar_cli.models.precision`): the head's
+            matrix products in bfloat16, matching in float32. Not recorded in the results
+            database; logged as a warning.
         device: ``cpu``, ``cuda`` or ``cuda:i``; under torchrun ``cuda`` is the local rank's GPU.
     Returns:
         The :class:`EvalResult` (with ``eval_id`` when recorded). Under torchrun every rank
@@ -248,6 +251,8 @@ def evaluate(
     """
     split = split or recipe.eval.split
     check_precision(precision)
+    if precision != "fp32":
+        log.warning("evaluating in %s: numbers differ slightly from fp32", precision)
     d = distributed.init(device)  # under torchrun: this rank's device, episodes split by rank
     device = str(d.device(device))
     store = FeatureStore.open(store_path(recipe.features.cache_dir, split))
