@@ -2,28 +2,36 @@
 
 Synthetic cached features shaped like Kinetics-100's test split (24 classes x 100 videos, T = 8,
 D = 512), the ``clipfsar`` head at its reference size (random init, eval mode), 10,000 5-way
-1-shot episodes with 1 query per class (the protocol of METHOD.md section 6).
+K-shot episodes with 1 query per class (the protocol of METHOD.md section 6).
 
-- fsar: episode sampling plus ``fsar_cli.evaluation.batched.episode_accuracies`` on all episodes.
-- naive: per episode, ``head.episode_logits`` (Transformer on the W supports with their text and
-  on the W queries, then OTAM), timed on the first ``--naive`` episodes and extrapolated linearly
-  to all of them (the output says so). Its tiny per-episode ops run faster on one thread on a busy
-  machine, so it runs with whichever of 1 and ``--threads`` threads is faster on a short probe.
-  The per-episode accuracies of those episodes must be identical between the two.
+- fsar: episode sampling plus ``fsar_cli.evaluation.batched.episode_accuracies`` on all episodes,
+  run ``--repeats`` times; the median run is broken down into sampling, Transformer (per-video
+  query / support encodings, and merged prototypes for K > 1) and matching (cosine + OTAM), with
+  the Transformer's achieved GFLOP/s beside this CPU's measured fp32 matmul rate.
+- ``--precision bf16``: each fp32 run is paired with an adjacent bf16 run (autocast, matching in
+  fp32); prints the median time ratio, the share of query decisions (arg-max class) and of
+  episode accuracies that change, and the change in mean accuracy.
+- naive: per episode, ``head.episode_logits``, timed on the first ``--naive`` episodes and
+  extrapolated linearly (the output says so), at whichever of 1 and ``--threads`` threads is
+  faster on a short probe. The per-episode accuracies of those episodes must be identical.
 
-OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE`` unless set): on a shared machine their
-default busy-waiting burns the other core and doubles fsar's CPU time. Both sides run under it.
+OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE`` unless set). The load average is
+printed: on a shared machine every time is inflated.
 
-Usage: ``python benchmarks/eval_speed.py [--episodes 10000] [--naive 500] [--threads 2]``
+Usage: ``python benchmarks/eval_speed.py [--episodes 10000] [--shot 1] [--naive 500]
+[--threads 2] [--repeats 3] [--precision fp32|bf16]``
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP
 
@@ -31,9 +39,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fsar_cli.episodes import EpisodeSampler  # noqa: E402
-from fsar_cli.evaluation.batched import episode_accuracies, loop_episode_accuracies  # noqa: E402
+from fsar_cli.evaluation.batched import (  # noqa: E402
+    episode_accuracies,
+    episode_logits,
+    loop_episode_accuracies,
+)
 from fsar_cli.features.synthetic import synthetic_store  # noqa: E402
 from fsar_cli.models import create_head  # noqa: E402
+from fsar_cli.models.precision import compute_precision  # noqa: E402
 from fsar_cli.recipe import ModelCfg  # noqa: E402
 
 
@@ -43,6 +56,60 @@ def _timed(fn):  # type: ignore[no-untyped-def]
     return out, time.perf_counter() - t0, time.process_time() - c0
 
 
+def matmul_peak(seconds: float = 1.0) -> float:
+    """Best fp32 GFLOP/s of torch.mm over the shapes the Transformer uses (and a square one)."""
+    best = 0.0
+    for m, k, n in ((2304, 512, 2048), (2304, 2048, 512), (2048, 2048, 2048)):
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        torch.mm(a, b)
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / 3:
+            torch.mm(a, b)
+            reps += 1
+        best = max(best, 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def transformer_flops(seqs: int, length: int, keep: int, dim: int, ffn: int) -> float:
+    """Multiply-add FLOPs of one Transformer layer on ``seqs`` sequences of ``length`` tokens,
+    outputs of the first ``keep``: k/v on all tokens; q, attention, out and FFN on ``keep``."""
+    kv = 2 * length * dim * 2 * dim
+    q_out = 2 * keep * dim * dim * 2
+    att = 2 * 2 * keep * length * dim
+    ff = 2 * 2 * keep * dim * ffn
+    return float(seqs * (kv + q_out + att + ff))
+
+
+class Instrumented:
+    """Wraps a head's encode_query / encode_support / prototypes / match: wall time and FLOPs."""
+
+    def __init__(self, head: Any, ffn: int) -> None:
+        self.head, self.ffn = head, ffn
+        self.t: dict[str, float] = defaultdict(float)
+        self.flops = 0.0
+        for name in ("encode_query", "encode_support", "prototypes", "match"):
+            setattr(head, name, self._wrap(name, getattr(head, name)))
+
+    def reset(self) -> None:
+        self.t.clear()
+        self.flops = 0.0
+
+    def _wrap(self, name: str, fn: Any) -> Any:
+        def call(*args: Any, **kw: Any) -> Any:
+            x = args[0]
+            t0 = time.perf_counter()
+            out = fn(*args, **kw)
+            self.t["matching" if name == "match" else "transformer"] += time.perf_counter() - t0
+            if name != "match":
+                t, d = x.shape[-2], x.shape[-1]
+                seqs = x[..., 0, 0, 0].numel() if name == "prototypes" else x[..., 0, 0].numel()
+                text = 0 if name == "encode_query" else 1
+                self.flops += transformer_flops(seqs, t + text, t, d, self.ffn)
+            return out
+
+        return call
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--episodes", type=int, default=10_000)
@@ -50,31 +117,87 @@ def main() -> None:
     ap.add_argument("--way", type=int, default=5)
     ap.add_argument("--shot", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2, help="torch threads for fsar")
+    ap.add_argument("--repeats", type=int, default=3, help="fsar runs (median reported)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     args = ap.parse_args()
     torch.manual_seed(0)
     E, n = args.episodes, min(args.naive, args.episodes)
+    torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         store = synthetic_store(
             Path(tmp) / "test", n_classes=24, videos_per_class=100, n_frames=8, dim=512, noise=5.0
         )
-        head = create_head("clipfsar", store.dim, ModelCfg()).eval()
+        cfg = ModelCfg()
+        head = create_head("clipfsar", store.dim, cfg).eval()
         feats, text, labels = store.features, store.text, store.labels
         print(
             f"store: {store.n_videos} videos x {store.num_frames} frames x {store.dim}; clipfsar "
             f"head ({sum(p.numel() for p in head.parameters()):,} parameters, random init); "
-            f"{args.way}-way {args.shot}-shot, 1 query; load average {os.getloadavg()[0]:.1f}; "
-            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
+            f"{args.way}-way {args.shot}-shot, 1 query; {args.threads} threads; "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; load average "
+            f"{os.getloadavg()[0]:.1f} (busy machine if above ~0.5)"
         )
+        peak = matmul_peak()
+        print(
+            f"fp32 matmul peak of this CPU (torch.mm, {args.threads} threads): {peak:.0f} GFLOP/s"
+        )
+        inst = Instrumented(head, cfg.ffn_dim)
 
-        # fsar: sampling + evaluation of every episode
-        torch.set_num_threads(args.threads)
+        def sample() -> Any:
+            return EpisodeSampler(labels, args.way, args.shot, 1, seed=0).sample(E)
 
-        def fsar() -> np.ndarray:
-            batch = EpisodeSampler(labels, args.way, args.shot, 1, seed=0).sample(E)
-            return episode_accuracies(head, feats, text, batch)
-
-        fast, t_fast, c_fast = _timed(fsar)
+        runs: list[dict[str, float]] = []
+        bf16_runs: list[float] = []
+        fast = np.zeros(0)
+        for _ in range(max(1, args.repeats)):
+            inst.reset()
+            batch, t_sample, _ = _timed(sample)
+            fast, t_eval, c_eval = _timed(lambda b=batch: episode_accuracies(head, feats, text, b))
+            runs.append(
+                {
+                    "total": t_sample + t_eval,
+                    "cpu": c_eval,
+                    "sampling": t_sample,
+                    "transformer": inst.t["transformer"],
+                    "matching": inst.t["matching"],
+                    "flops": inst.flops,
+                }
+            )
+            if args.precision == "bf16":  # adjacent pair
+                with compute_precision("bf16", "cpu"):
+                    bf16_runs.append(
+                        _timed(lambda b=batch: episode_accuracies(head, feats, text, b))[1]
+                    )
+        med = sorted(runs, key=lambda r: r["total"])[len(runs) // 2]
+        other = med["total"] - med["sampling"] - med["transformer"] - med["matching"]
+        print(
+            f"fsar : {E} episodes in {med['total']:7.2f} s ({E / med['total']:6.0f} episodes/s; "
+            f"median of {len(runs)}; CPU {med['cpu']:.2f} s)  mean accuracy {fast.mean():.4f}"
+        )
+        print(
+            f"  sampling {med['sampling']:.3f} s | Transformer {med['transformer']:.3f} s "
+            f"({med['flops'] / 1e9:.1f} GFLOP: {med['flops'] / med['transformer'] / 1e9:.0f} "
+            f"GFLOP/s = {med['flops'] / med['transformer'] / 1e9 / peak:.0%} of the matmul peak) "
+            f"| matching {med['matching']:.3f} s | other (gathers, arg-max) {other:.3f} s"
+        )
+        if args.precision == "bf16":
+            fp32_eval = [r["total"] - r["sampling"] for r in runs]
+            ratios = [a / b for a, b in zip(fp32_eval, bf16_runs, strict=True)]
+            batch = sample()
+            lg32 = episode_logits(head, feats, text, batch)
+            with compute_precision("bf16", "cpu"):
+                lg16 = episode_logits(head, feats, text, batch)
+                acc16 = episode_accuracies(head, feats, text, batch)
+            changed = float((lg32.argmax(-1) != lg16.argmax(-1)).mean())
+            ep_changed = float((acc16 != fast).mean())
+            print(
+                f"bf16 : evaluation {statistics.median(bf16_runs):.2f} s, fp32/bf16 "
+                f"{statistics.median(ratios):.2f}x (median of {len(ratios)} adjacent pairs); "
+                f"query decisions changed {changed:.2%}, episode accuracies changed "
+                f"{ep_changed:.2%}, mean accuracy {acc16.mean():.4f} "
+                f"({acc16.mean() - fast.mean():+.4f} vs fp32)"
+            )
 
         # naive: per-episode loop on the first n episodes, at its faster thread count
         part = EpisodeSampler(labels, args.way, args.shot, 1, seed=0).sample(n)
@@ -96,17 +219,13 @@ def main() -> None:
 
     same = np.array_equal(fast[:n], naive)
     print(
-        f"fsar : {E} episodes in {t_fast:7.2f} s ({E / t_fast:6.0f} episodes/s; CPU {c_fast:.2f} "
-        f"s; {args.threads} threads)  mean accuracy {fast.mean():.4f}"
-    )
-    print(
         f"naive: {n} episodes in {t_naive_n:7.2f} s ({n / t_naive_n:6.0f} episodes/s; CPU "
         f"{c_naive_n:.2f} s; {naive_threads} threads) -> {t_naive:.1f} s for {E}, extrapolated "
         f"linearly from the first {n}"
     )
     print(
-        f"ratio: {t_naive / t_fast:.1f}x; per-episode accuracies of the first {n} episodes "
-        f"identical: {same}"
+        f"ratio: {t_naive / med['total']:.1f}x; per-episode accuracies of the first {n} "
+        f"episodes identical: {same}"
     )
     if not same:
         raise SystemExit("fast and naive accuracies differ")

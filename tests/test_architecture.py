@@ -36,6 +36,7 @@ FOUNDATION = {
     "distributed",
     "ownership",
     "locks",
+    "threads",
 }
 
 

@@ -194,11 +194,34 @@ def test_torchrun_train_equals_single_process_and_resumes(
         assert torch.equal(resumed["model_state"][k], v), k
     assert metrics(tmp_path / "stop") == metrics(tmp_path / "full")
 
-    # another number of processes: dropout reseeded (said so), the episodes the same
-    with caplog.at_level("WARNING", logger="fsar_cli.train.frozen"):
+    # another number of processes: the episodes and their dropout masks are the same
+    with caplog.at_level("INFO", logger="fsar_cli.train.rng"):
         result = meta_train(load_recipe(path), tmp_path / "stop_one", resume=True)
     assert result.finished and result.resumed_from == 3
     assert "written by 2 process(es), this run has 1" in caplog.text
+    one = state(tmp_path / "stop_one")
+    for k, v in full["model_state"].items():
+        torch.testing.assert_close(one["model_state"][k], v, rtol=0, atol=1e-5, msg=k)
+
+
+@pytest.mark.slow
+def test_dropout_on_one_two_and_three_processes_train_the_same_weights(tmp_path: Path) -> None:
+    """Dropout masks are drawn per episode: the number of processes does not change them."""
+    path = make_recipe(tmp_path)
+    recipe = load_recipe(path)
+    assert recipe.model.attn_dropout > 0 and recipe.model.ffn_dropout > 0
+    meta_train(recipe, tmp_path / "one")
+    for nproc in (2, 3):  # 5 episodes per step: 3 + 2 and 2 + 2 + 1
+        torchrun("train", str(path), "--out", str(tmp_path / f"n{nproc}"), nproc=nproc)
+    one = state(tmp_path / "one")["model_state"]
+    for nproc in (2, 3):
+        other = state(tmp_path / f"n{nproc}")["model_state"]
+        for k, v in one.items():
+            torch.testing.assert_close(other[k], v, rtol=0, atol=1e-5, msg=f"{nproc}: {k}")
+    # and dropout is really on: without it the weights differ
+    meta_train(load_recipe(path, [s for s in NO_DROPOUT if s != "--set"]), tmp_path / "off")
+    off = state(tmp_path / "off")["model_state"]
+    assert max((off[k] - v).abs().max().item() for k, v in one.items()) > 1e-3
 
 
 @pytest.mark.slow

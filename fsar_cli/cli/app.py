@@ -8,10 +8,12 @@ library function inside :func:`fsar_cli.cli.console.cli_errors` and renders the 
 from __future__ import annotations
 
 import os
+import sys
 
 import typer
 
 from .. import __version__
+from ..threads import configure_threads
 from . import (
     bench,
     cache,
@@ -53,6 +55,12 @@ def _root(
         False, "--debug", help="Show full tracebacks (same as FSAR_DEBUG=1)."
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        help="CPU threads (default: OMP_NUM_THREADS if set, else the cores the machine's load "
+        "leaves free); OpenMP threads wait passively unless OMP_WAIT_POLICY is set.",
+    ),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
@@ -60,6 +68,22 @@ def _root(
     if debug:
         os.environ["FSAR_DEBUG"] = "1"
     setup_logging(verbose)
+    if threads is not None:
+        if threads < 1:
+            raise typer.BadParameter("--threads must be >= 1")
+        configure_threads(threads)
+
+
+def _threads_from_argv(argv: list[str]) -> int | None:
+    """The value of a global ``--threads N`` / ``--threads=N`` before the command, if any."""
+    for i, arg in enumerate(argv):
+        if not arg.startswith("-"):
+            return None  # the command: later options are the command's
+        if arg == "--threads" and i + 1 < len(argv) and argv[i + 1].isdigit():
+            return int(argv[i + 1]) or None
+        if arg.startswith("--threads=") and arg[10:].isdigit():
+            return int(arg[10:]) or None
+    return None
 
 
 # The commands in pipeline order (the order of `fsar --help`): each module's register(app) adds
@@ -85,4 +109,6 @@ for _module in (
 
 
 def main() -> None:
+    # before anything imports torch: the OpenMP wait policy is read when its runtime loads
+    configure_threads(_threads_from_argv(sys.argv[1:]))
     app()

@@ -22,6 +22,7 @@ from .options import (
     EvalSplitOpt,
     NoRecordOpt,
     OverrideOpt,
+    PrecisionOpt,
     QueryOpt,
     SeedOpt,
     WayOpt,
@@ -106,6 +107,7 @@ def eval_command(
         typer.Option("--trust", help="Allow unpickling a reference checkpoint (runs its code)."),
     ] = False,
     device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "fp32",
     overrides: OverrideOpt = None,
     allow_other_features: Annotated[
         bool,
@@ -174,11 +176,14 @@ def eval_command(
                     trust=trust,
                     on_progress=advance,
                     allow_other_features=allow_other_features,
+                    precision=precision,
                 )
         finally:
             distributed.shutdown()
     if not d.is_main:
         return
+    if precision != "fp32":
+        console.print(f"[yellow]computed in {precision}[/]: numbers differ slightly from fp32")
     for result in results:
         console.print(result_table(result))
     if len(results) > 1:

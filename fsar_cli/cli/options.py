@@ -18,6 +18,7 @@ __all__ = [
     "NoRecordOpt",
     "DeviceOpt",
     "int_list",
+    "PrecisionOpt",
 ]
 
 OverrideOpt = Annotated[
@@ -76,3 +77,13 @@ def int_list(flag: str, first: str | None, extra: list[str]) -> list[int] | None
                 f"{flag} {text!r} is not an integer; give integers, e.g. {flag} 1 2 3"
             ) from None
     return out
+
+
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="fp32 (exact, default) or bf16: the head's matrix products in bfloat16 (faster on "
+        "CPUs with AVX512-BF16 and on GPUs; slightly different numbers, matching stays fp32).",
+    ),
+]

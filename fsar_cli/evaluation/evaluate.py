@@ -23,6 +23,7 @@ from ..episodes import EPISODES_FORMAT, EpisodeBatch, EpisodeSampler, load_episo
 from ..episodes import save_episodes as _save_episodes
 from ..errors import EpisodeError, FsarError
 from ..features.store import FeatureStore, store_path
+from ..models.precision import check_precision, compute_precision
 from ..ownership import claim
 from ..progress import ProgressFn
 from ..recipe import Recipe
@@ -278,6 +279,7 @@ def evaluate(
     trust: bool = False,
     on_progress: ProgressFn | None = None,
     allow_other_features: bool = False,
+    precision: str = "fp32",
 ) -> EvalResult:
     """Evaluate a head on seeded episodes of a cached split (defaults from ``recipe.eval``).
 
@@ -296,6 +298,9 @@ def evaluate(
         allow_other_features: evaluate a checkpoint on features other than it recorded
             (another encoder, weights or resolution): refused otherwise.
         on_progress: advanced by the number of episodes finished (this rank's, under torchrun).
+        precision: ``fp32`` (default) or ``bf16`` (:mod:`fsar_cli.models.precision`): the head's
+            matrix products in bfloat16, matching in float32. Not recorded in the results
+            database; logged as a warning.
         device: ``cpu``, ``cuda`` or ``cuda:i``; under torchrun ``cuda`` is the local rank's GPU.
     Returns:
         The :class:`EvalResult` (with ``eval_id`` when recorded, and the per-query
@@ -322,6 +327,7 @@ def evaluate(
         trust=trust,
         on_progress=on_progress,
         allow_other_features=allow_other_features,
+        precision=precision,
     )[0]
 
 
@@ -345,6 +351,7 @@ def evaluate_shots(
     trust: bool = False,
     on_progress: ProgressFn | None = None,
     allow_other_features: bool = False,
+    precision: str = "fp32",
 ) -> list[EvalResult]:
     """:func:`evaluate` at several shot counts, one :class:`EvalResult` (and database row) each.
 
@@ -363,6 +370,9 @@ def evaluate_shots(
     if len(set(shots)) != len(shots):
         raise EpisodeError(f"--shot {shots}: a shot count is repeated; give each once")
     split = split or recipe.eval.split
+    check_precision(precision)
+    if precision != "fp32":
+        log.warning("evaluating in %s: numbers differ slightly from fp32", precision)
     d = distributed.init(device)  # under torchrun: this rank's device, episodes split by rank
     device = str(d.device(device))
     store = FeatureStore.open(store_path(recipe.features.cache_dir, split))
@@ -404,29 +414,30 @@ def evaluate_shots(
     for plan in plans:
         start = time.perf_counter()
         scores: EpisodeScores
-        if shared is not None:
-            scores = episode_scores(
-                head,
-                store.features,
-                store.text,
-                plan.fetch(0, plan.n),
-                device=device,
-                chunk=recipe.eval.batch_episodes,
-                on_progress=on_progress,
-                shared=shared,
-            )
-        else:
-            scores = sharded_scores(
-                head,
-                store.features,
-                store.text,
-                plan.fetch,
-                plan.n,
-                d,
-                device=device,
-                chunk=recipe.eval.batch_episodes,
-                on_progress=on_progress,
-            )
+        with compute_precision(precision, device):
+            if shared is not None:
+                scores = episode_scores(
+                    head,
+                    store.features,
+                    store.text,
+                    plan.fetch(0, plan.n),
+                    device=device,
+                    chunk=recipe.eval.batch_episodes,
+                    on_progress=on_progress,
+                    shared=shared,
+                )
+            else:
+                scores = sharded_scores(
+                    head,
+                    store.features,
+                    store.text,
+                    plan.fetch,
+                    plan.n,
+                    d,
+                    device=device,
+                    chunk=recipe.eval.batch_episodes,
+                    on_progress=on_progress,
+                )
         result = EvalResult(
             recipe=recipe.name,
             benchmark=recipe.data.split_name or recipe.name,

@@ -73,7 +73,7 @@ class OTAMHead(FewShotHead):
     def match(self, query_enc: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
         """``-(OTAM(D) + OTAM(Dᵀ))``, ``D = 1 - cos``: -> ``[..., N_q, W]``."""
         dists = frame_distances(query_enc, protos)  # [..., N_q, W, T, T]
-        return -otam_distance(dists, self.otam_lambda, bidirectional=True)
+        return -otam_distance(dists, self.otam_lambda, bidirectional=True, max_dist=2.0)
 
 
 @register_head(

@@ -133,7 +133,8 @@ class CLIPFSARHead(FewShotHead):
             frames = torch.cat(
                 [frames, text.unsqueeze(-2).to(frames.dtype)], dim=-2
             )  # [..., T+1, D]
-        return self.transformer(frames)[..., :t, :]  # [..., T, D]
+        # the text token's own output is discarded: the Transformer skips its work after attention
+        return self.transformer(frames, keep=t)  # [..., T, D]
 
     def encode_query(self, x: torch.Tensor) -> torch.Tensor:
         """``[N, T, D]`` queries -> adapter + Transformer (no text) -> ``[N, T, D]``."""
@@ -170,8 +171,10 @@ class CLIPFSARHead(FewShotHead):
     def match(self, query_enc: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
         """``-(OTAM(D) + OTAM(Dᵀ))`` with ``D = 1 - cos``: ``[..., N_q, T, D]`` x ``[..., W, T, D]``
         -> ``[..., N_q, W]``."""
-        dists = frame_distances(query_enc, protos)  # [..., N_q, W, T, T]
-        return -otam_distance(dists, self.otam_lambda, bidirectional=True)
+        with torch.autocast(query_enc.device.type, enabled=False):  # matching in float32
+            dists = frame_distances(query_enc.float(), protos.float())  # [..., N_q, W, T, T]
+        # 1 - cos <= 2: without gradients the exp form of OTAM applies (otam.py)
+        return -otam_distance(dists, self.otam_lambda, bidirectional=True, max_dist=2.0)
 
     def video_text_logits(self, videos: torch.Tensor, text_table: torch.Tensor) -> torch.Tensor:
         """``scale * cos(frame mean of adapted videos, text)``: ``[N,T,D]``, ``[C,D]`` -> ``[N,C]``.

@@ -8,10 +8,15 @@ side, a plain running sum on row 0, a soft-min over (up-left, left) in the middl
 three neighbours in the first and the last column.
 
 Speed: this runs on every (query, class) pair of every evaluation episode, so the recurrence is
-vectorised over all leading dims and the Python loop only visits the Lq x Ls cells. It works on
-``g = -C / lambda``, where the soft-min becomes one ``logaddexp`` per cell (stable for any input,
-unlike the reference's naive ``log(sum(exp))``), and the bidirectional form stacks D and Dᵀ so both
-directions share one pass.
+vectorised over all leading dims and the Python loop only visits the Lq x Ls cells, and the
+bidirectional form stacks D and Dᵀ so both directions share one pass. The differentiable form
+works on ``g = -C / lambda``, where the soft-min becomes one ``logaddexp`` per cell (stable for
+any input, unlike the reference's naive ``log(sum(exp))``). Without gradients, when the caller
+bounds the distances (``max_dist``: ``1 - cos`` is at most 2) so that no path can underflow, the
+recurrence runs on ``P = exp(g)`` instead: one ``exp`` per cell up front, then a multiply and an
+add per cell in preallocated buffers, and one ``log`` at the end (a ``logaddexp`` costs an exp and
+a log1p per cell). Both forms are elementwise over the batch, so a pair's distance never depends
+on the other pairs it is computed with.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ import torch
 __all__ = ["cos_sim", "frame_distances", "otam_distance"]
 
 _LOG2 = math.log(2.0)
+#: The exp form is used while every alignment path's product stays above exp(-limit): float32's
+#: smallest normal number is 1.2e-38 = exp(-87.3), float64's exp(-708).
+_EXP_LIMIT = {torch.float32: 80.0, torch.float64: 700.0}
 
 
 def cos_sim(x: torch.Tensor, y: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
@@ -91,8 +99,46 @@ def _otam_one_way(dists: torch.Tensor, lam: float) -> torch.Tensor:
     return (last * (-lam)).reshape(lead)
 
 
+def _otam_one_way_exp(dists: torch.Tensor, lam: float) -> torch.Tensor:
+    """:func:`_otam_one_way` on ``P = exp(g)`` (no autograd; the caller checks underflow).
+
+    ``logaddexp(a, b) + n`` becomes ``(P_a + P_b) * exp(n)``; the first column's three-way
+    soft-min adds ``exp(log 2) = 2`` (two padded zero-cost neighbours).
+    """
+    lq, ls = dists.shape[-2:]
+    lead = dists.shape[:-2]
+    # [..., Lq, Ls] -> [Lq, Ls, B] of exp(-C / lam)
+    e = (dists * (-1.0 / lam)).reshape(-1, lq, ls).permute(1, 2, 0).contiguous().exp_()
+    prev = torch.cumprod(e[0], dim=0)  # [Ls, B]: P[0, 1..Ls]
+    row = torch.empty_like(prev)
+    last = prev[-1].clone()  # P[0, Ls+1]
+    for row_i in range(1, lq):
+        el = e[row_i]
+        torch.add(prev[0], 2.0, out=row[0]).mul_(el[0])
+        for m in range(1, ls):
+            torch.add(prev[m - 1], row[m - 1], out=row[m]).mul_(el[m])
+        last.add_(prev[-1]).add_(row[-1])
+        prev, row = row, prev
+    return last.log_().mul_(-lam).reshape(lead)
+
+
+def _one_way(dists: torch.Tensor, lam: float, max_dist: float | None) -> torch.Tensor:
+    lq, ls = dists.shape[-2:]
+    limit = _EXP_LIMIT.get(dists.dtype, 0.0)
+    if (
+        max_dist is not None
+        and max(float(max_dist), 0.0) / lam * (lq + ls) < limit
+        and not (torch.is_grad_enabled() and dists.requires_grad)
+    ):
+        return _otam_one_way_exp(dists, lam)
+    return _otam_one_way(dists, lam)
+
+
 def otam_distance(
-    dists: torch.Tensor, lam: float = 0.5, bidirectional: bool = False
+    dists: torch.Tensor,
+    lam: float = 0.5,
+    bidirectional: bool = False,
+    max_dist: float | None = None,
 ) -> torch.Tensor:
     """Soft OTAM cumulative distance of frame-distance matrices (METHOD.md section 3).
 
@@ -101,6 +147,10 @@ def otam_distance(
         lam: soft-min temperature lambda (0.5 in the reference); must be > 0.
         bidirectional: return ``OTAM(D) + OTAM(Dᵀ)`` (query-to-support plus support-to-query),
             the distance CLIP-FSAR uses.
+        max_dist: an upper bound of ``dists`` the caller guarantees (2 for ``1 - cos``); without
+            gradients it allows the faster exp form where no alignment path can underflow
+            (``max_dist / lam * (Lq + Ls) < 80`` in float32). Results agree with the log form
+            to float rounding.
 
     Returns:
         ``[...]`` distances, float32 for half/bfloat16/float32 input (float64 stays float64).
@@ -113,9 +163,9 @@ def otam_distance(
     if dists.dtype != torch.float64:
         dists = dists.float()
     if not bidirectional:
-        return _otam_one_way(dists, lam)
+        return _one_way(dists, lam, max_dist)
     if dists.shape[-1] == dists.shape[-2]:
         # both directions in one pass: [2, ..., L, L]
-        both = _otam_one_way(torch.stack([dists, dists.transpose(-1, -2)]), lam)
+        both = _one_way(torch.stack([dists, dists.transpose(-1, -2)]), lam, max_dist)
         return both[0] + both[1]
-    return _otam_one_way(dists, lam) + _otam_one_way(dists.transpose(-1, -2), lam)
+    return _one_way(dists, lam, max_dist) + _one_way(dists.transpose(-1, -2), lam, max_dist)

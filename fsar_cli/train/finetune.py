@@ -35,6 +35,7 @@ from ..recipe import Recipe
 from .finetune_data import ValEpisodes, episode_source, frame_loader, validate
 from .finetune_step import build_model, finetune_step
 from .loop import TrainResult, cpu_state, selection_label, train_run
+from .rng import episode_generators
 from .runs import RunDir
 from .tower import amp_dtype, save_tower, tower_state_dict
 
@@ -98,11 +99,13 @@ class FinetuneMode:
         self.stream = iter(frame_loader(ds, cfg.workers, self.dev, cfg.seed))
 
     def step(self, step: int, lo: int, hi: int) -> dict[str, float]:
-        weight = self.d.world / int(
-            self.recipe.train.episodes_per_step
-        )  # mean over ranks = mean over E
+        E = int(self.recipe.train.episodes_per_step)
+        weight = self.d.world / E  # mean over ranks = mean over E
+        gens = episode_generators(
+            self.recipe.train.seed, step, range(step * E + lo, step * E + hi), self.dev
+        )
         return finetune_step(
-            self.m, self.stream, hi - lo, weight, self.recipe, self.dev, self.amp, self.d
+            self.m, self.stream, hi - lo, weight, self.recipe, self.dev, self.amp, self.d, gens
         )
 
     def validate(self) -> tuple[float, float]:

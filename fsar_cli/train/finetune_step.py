@@ -9,9 +9,10 @@ episode), averages the gradients across ranks (the DistributedDataParallel updat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from .. import distributed
 from ..errors import DataError, TrainError
 from ..models import create_head
 from ..models.base import FewShotHead, check_class_text
+from ..models.transformer import episode_dropout
 from ..recipe import Recipe
 from .finetune_data import class_text
 from .schedule import build_optimizer
@@ -107,19 +109,30 @@ def finetune_step(
     dev: torch.device,
     amp: torch.dtype | None,
     d: distributed.Dist,
+    generators: Sequence[torch.Generator] | None = None,
 ) -> dict[str, float]:
-    """One optimiser step over this rank's ``n_local`` episodes (micro-batches of one episode)."""
+    """One optimiser step over this rank's ``n_local`` episodes (micro-batches of one episode).
+
+    ``generators``: one dropout generator per episode (:func:`.rng.episode_generators`); None
+    draws dropout from the global torch RNG.
+    """
     cfg = recipe.train
     m.optimizer.zero_grad(set_to_none=True)
     sums = torch.zeros(3, device=dev)  # loss, ce_fewshot, ce_videotext
-    for _ in range(n_local):
+    for i in range(n_local):
         item = next(stream)
         if "error" in item:
             raise DataError(
                 f"train episode {item['episode']}: {item['error']}; fix or remove the video "
                 "(`fsar data check` lists them) and rerun with --resume"
             )
-        out = episode_loss(m.visual, m.head, item, m.text_table, cfg.lambda_vt, dev, amp)
+        masks = (
+            episode_dropout(generators[i : i + 1])
+            if generators is not None
+            else contextlib.nullcontext()
+        )
+        with masks:
+            out = episode_loss(m.visual, m.head, item, m.text_table, cfg.lambda_vt, dev, amp)
         loss = out["loss"] * weight
         (m.scaler.scale(loss) if m.scaler is not None else loss).backward()
         sums += torch.stack([out[k].detach().float() for k in _LOSSES]) * weight

@@ -7,8 +7,9 @@ temporal Transformer and the video-text ``scale`` (the reference head, ``model.a
 ``model.adapter: residual`` adds a zero-initialised residual MLP on the cached features;
 ``benchmarks/adapter_effect.py`` measures it (no gain on the synthetic benchmark, so it is off).
 Under ``torchrun`` each rank's loss is weighted so that the averaged gradients are those of the
-mean over all the step's episodes, also for uneven shares. Schedule, validation, best step,
-checkpoints and resume are the shared loop's (:mod:`.loop`).
+mean over all the step's episodes, also for uneven shares; dropout is drawn per episode
+(:mod:`.rng`), so 1, 2 or 3 processes train the same weights up to the order of sums. Schedule,
+validation, best step, checkpoints and resume are the shared loop's (:mod:`.loop`).
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from ..evaluation.batched import sharded_accuracies
 from ..evaluation.metrics import mean_and_ci95
 from ..features.store import provenance
 from ..models import save_head_checkpoint
+from ..models.precision import check_precision, compute_precision
 from ..progress import ProgressFn
 from ..recipe import Recipe
 from .frozen_setup import TrainSetup, build_setup
 from .frozen_step import episode_tensors, train_step
 from .loop import TrainResult, cpu_state, train_run
+from .rng import episode_generators
 from .runs import RunDir
 from .schedule import build_optimizer
 
@@ -49,8 +52,10 @@ class FrozenMode:
         d: distributed.Dist,
         dev: torch.device,
         micro_batch: int | None,
+        precision: str = "fp32",
     ) -> None:
         self.recipe, self.su, self.d, self.dev, self.micro_batch = recipe, su, d, dev, micro_batch
+        self.precision = precision
         self.head = su.head
         self.optimizer: torch.optim.Optimizer = build_optimizer(su.head, recipe.train)
         self.sel_split = su.sel_split
@@ -70,29 +75,34 @@ class FrozenMode:
         # and however many ranks share them
         batch = su.sampler.sample(hi - lo, start=step * E + lo)
         ep = episode_tensors(batch, su.train_store.features, su.text_table, self.dev)
-        return train_step(
-            self.head,
-            self.optimizer,
-            ep,
-            su.text_table,
-            cfg.lambda_vt,
-            micro_batch=self.micro_batch,
-            grad_clip=cfg.grad_clip,
-            dist=self.d,
-            total=E,
-        )
+        with compute_precision(self.precision, self.dev):
+            return train_step(
+                self.head,
+                self.optimizer,
+                ep,
+                su.text_table,
+                cfg.lambda_vt,
+                micro_batch=self.micro_batch,
+                grad_clip=cfg.grad_clip,
+                dist=self.d,
+                total=E,
+                generators=episode_generators(
+                    cfg.seed, step, range(step * E + lo, step * E + hi), self.dev
+                ),
+            )
 
     def validate(self) -> tuple[float, float]:
         su = self.su
-        accs = sharded_accuracies(
-            self.head,
-            su.val_store.features,
-            su.val_store.text,
-            su.val_batch.slice,
-            len(su.val_batch),
-            self.d,
-            device=str(self.dev),
-        )
+        with compute_precision(self.precision, self.dev):
+            accs = sharded_accuracies(
+                self.head,
+                su.val_store.features,
+                su.val_store.text,
+                su.val_batch.slice,
+                len(su.val_batch),
+                self.d,
+                device=str(self.dev),
+            )
         return mean_and_ci95(accs)
 
     def save_best(self, run: RunDir, info: dict[str, Any]) -> None:
@@ -141,6 +151,7 @@ def meta_train(
     argv: list[str] | None = None,
     micro_batch: int | None = None,
     allow_other_features: bool = False,
+    precision: str = "fp32",
 ) -> TrainResult:
     """Meta-train ``recipe.model.head`` on the recipe's cached train split.
 
@@ -156,6 +167,8 @@ def meta_train(
         micro_batch: episodes per forward/backward (memory bound only; None = all of a step).
         allow_other_features: resume although the train store's provenance (encoder, weights,
             resolution, sampling) differs from the one the run recorded.
+        precision: ``fp32`` or ``bf16`` (:mod:`fsar_cli.models.precision`): the head's matrix
+            products in training steps and validation (not recorded in the recipe).
     Returns:
         :class:`TrainResult`; files as described in :mod:`.runs` and :mod:`.loop`.
     Raises:
@@ -166,7 +179,9 @@ def meta_train(
         recipe,
         out_dir,
         "frozen",
-        lambda d, dev: FrozenMode(recipe, build_setup(recipe, dev), d, dev, micro_batch),
+        lambda d, dev: FrozenMode(
+            recipe, build_setup(recipe, dev), d, dev, micro_batch, check_precision(precision)
+        ),
         resume=resume,
         device=device,
         argv=argv,

@@ -9,6 +9,8 @@ update, weighted for uneven shares) and steps the optimiser.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import reduce
 
@@ -18,6 +20,7 @@ import torch
 from .. import distributed
 from ..episodes import EpisodeBatch
 from ..models.base import FewShotHead
+from ..models.transformer import episode_dropout
 
 __all__ = ["EpisodeTensors", "episode_tensors", "train_step"]
 
@@ -79,6 +82,7 @@ def train_step(
     grad_clip: float | None = None,
     dist: distributed.Dist | None = None,
     total: int | None = None,
+    generators: Sequence[torch.Generator] | None = None,
 ) -> dict[str, float]:
     """One optimiser step on the mean loss of E episodes (of ``total``, across ranks).
 
@@ -94,6 +98,9 @@ def train_step(
             gradients are averaged across ranks, so the update is that of the mean over all
             ``total`` episodes (uneven shares included). Every rank must call it.
         total: the step's episodes over all ranks (default ``len(ep)``).
+        generators: one dropout generator per episode of ``ep``
+            (:func:`fsar_cli.train.rng.episode_generators`): each episode's dropout masks are
+            drawn from its own (None: dropout on the global torch RNG).
     Returns:
         ``loss``, ``ce_fewshot``, ``ce_videotext``: means over the step's episodes (floats; over
         all ranks' episodes under torchrun).
@@ -107,16 +114,22 @@ def train_step(
     parts: list[dict[str, torch.Tensor]] = []
     for a in range(0, n, m):
         part = ep if m == n else ep.slice(a, min(a + m, n))
-        out = head.batch_episode_loss(
-            part.support,
-            part.support_labels,
-            part.query,
-            part.query_labels,
-            part.class_text,
-            part.video_labels,
-            text_table,
-            lambda_vt,
+        masks = (
+            episode_dropout(generators[a : a + len(part)])
+            if generators is not None
+            else contextlib.nullcontext()
         )
+        with masks:
+            out = head.batch_episode_loss(
+                part.support,
+                part.support_labels,
+                part.query,
+                part.query_labels,
+                part.class_text,
+                part.video_labels,
+                text_table,
+                lambda_vt,
+            )
         w = len(part) / n * scale
         (out["loss"] * w if w != 1.0 else out["loss"]).backward()
         parts.append({k: out[k].detach() * w for k in sums})

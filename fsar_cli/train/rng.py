@@ -1,11 +1,18 @@
-"""Dropout RNG streams of training processes: one per rank, kept in ``last.pt``, restored on resume.
+"""Training randomness: per-episode dropout generators, and the global RNG streams of processes.
 
-Both trainers (:mod:`.frozen`, :mod:`.finetune`) draw dropout from the global torch
-RNG. Rank 0 keeps the single-process stream (seeded by ``train.seed`` before the head is built), so
-a one-process run does not depend on :mod:`fsar_cli.distributed`; rank ``r > 0`` draws from a
-stream seeded by ``(train.seed, r)``. ``last.pt`` holds every rank's state in rank order: a resume
-with the same number of processes restores each rank's own (a killed run continues bit-exactly),
-one with another number reseeds every rank from ``(train.seed, step, rank)`` and warns.
+Dropout: both trainers (:mod:`.frozen`, :mod:`.finetune`) draw the dropout masks of episode ``j``
+(global index in the seeded sampler) of optimiser step ``s`` from its own generator,
+:func:`episode_generators`, seeded by ``(train.seed, s, j)`` (used through
+:func:`fsar_cli.models.transformer.episode_dropout`). An episode's masks thus depend neither on the
+rank that trains it nor on the other episodes of its batch nor on an interruption: 1, 2 or 3
+processes train the same weights up to the order of floating-point sums, and a resume, with any
+number of processes, draws exactly the masks of an uninterrupted run.
+
+The global torch RNG (anything else random) is kept per rank as before: rank 0 keeps the
+single-process stream (seeded by ``train.seed`` before the head is built), rank ``r > 0`` draws
+from a stream seeded by ``(train.seed, r)``. ``last.pt`` holds every rank's state in rank order: a
+resume with the same number of processes restores each rank's own, one with another number
+reseeds every rank from ``(train.seed, step, rank)`` (logged).
 """
 
 from __future__ import annotations
@@ -18,9 +25,35 @@ import torch
 
 from .. import distributed
 
-__all__ = ["seed_rank_stream", "rng_state", "rng_states", "restore_rng"]
+__all__ = [
+    "DROPOUT_STREAM",
+    "episode_generators",
+    "seed_rank_stream",
+    "rng_state",
+    "rng_states",
+    "restore_rng",
+]
 
 log = logging.getLogger(__name__)
+
+
+#: Mixed into every episode generator's seed, so its streams never coincide with a rank stream.
+DROPOUT_STREAM = 0xD50
+
+
+def episode_generators(
+    seed: int, step: int, episodes: range, dev: torch.device
+) -> list[torch.Generator]:
+    """One dropout generator per episode of ``episodes`` (global indices) of optimiser ``step``.
+
+    Generator ``j`` is seeded by ``(seed, step, j)``: the same on every rank and after a resume.
+    """
+    gens = []
+    for j in episodes:
+        g = torch.Generator(device=dev)
+        g.manual_seed(distributed.rank_seed(seed, DROPOUT_STREAM, step, j))
+        gens.append(g)
+    return gens
 
 
 def seed_rank_stream(d: distributed.Dist, seed: int) -> None:
@@ -62,16 +95,16 @@ def restore_rng(
     if len(states) == d.world:
         _set_rng_state(states[d.rank], dev)
         return
-    # another number of processes: the episodes are the same, the dropout streams cannot be
+    # another number of processes: the episodes and their dropout masks are the same (drawn per
+    # episode); only the global streams, which training does not draw from, are reseeded
     torch.manual_seed(distributed.rank_seed(seed, step, d.rank))
     if d.is_main:
-        log.warning(
-            "%s was written by %d process(es), this run has %d: the episodes stay the same but "
-            "every rank's dropout is reseeded from (train.seed, step %d, rank), so the weights "
-            "will differ from an uninterrupted run; resume with %d process(es) to reproduce it",
+        log.info(
+            "%s was written by %d process(es), this run has %d: the episodes and their dropout "
+            "masks stay the same (drawn per episode); the global RNG streams are reseeded from "
+            "(train.seed, step %d, rank)",
             source,
             len(states),
             d.world,
             step,
-            len(states),
         )

@@ -148,3 +148,17 @@ def test_frame_distances_layout() -> None:
         x, y = q[e, i, a], p[e, j, b]
         want = 1 - (x @ y) / (x.norm() * y.norm() + 0.01)
         assert d[e, i, j, a, b].item() == pytest.approx(want.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("lam", [0.5, 0.1])
+@pytest.mark.parametrize("shape", [(7, 8, 8), (3, 5, 8, 6)])
+def test_exp_form_without_gradients_equals_the_log_form(shape: tuple[int, ...], lam: float) -> None:
+    torch.manual_seed(0)
+    dists = torch.rand(shape) * 2.0  # 1 - cos lies in [0, 2]
+    log_form = otam_distance(dists, lam, bidirectional=True)
+    with torch.no_grad():
+        fast = otam_distance(dists, lam, bidirectional=True, max_dist=2.0)
+    # lam = 0.5: the exp form runs; lam = 0.1: paths could underflow, the log form runs
+    torch.testing.assert_close(fast, log_form, rtol=1e-5, atol=1e-5)
+    one = otam_distance(dists[:1], lam, max_dist=2.0)  # alone or in a batch: the same numbers
+    assert torch.equal(one, otam_distance(dists, lam, max_dist=2.0)[:1])

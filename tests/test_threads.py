@@ -1,0 +1,70 @@
+"""fsar's thread choice: the user's settings win; otherwise passive waiting and cores minus load."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fsar_cli.cli.app import _threads_from_argv
+from fsar_cli.errors import FsarError
+from fsar_cli.threads import choose_threads, configure_threads
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_choose_threads_leaves_the_loaded_cores_alone() -> None:
+    assert choose_threads(2, 0.1) == 2
+    assert choose_threads(2, 1.0) == 1
+    assert choose_threads(2, 7.5) == 1  # never below one
+    assert choose_threads(16, 3.4) == 13
+
+
+def test_user_settings_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    n = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+        choice = configure_threads()
+        assert (choice.threads, choice.source, choice.wait_policy) == (
+            1,
+            "OMP_NUM_THREADS",
+            "ACTIVE",
+        )
+        choice = configure_threads(2)  # --threads beats the environment
+        assert (choice.threads, choice.source) == (2, "--threads")
+        assert os.environ["OMP_NUM_THREADS"] == "2" and torch.get_num_threads() == 2
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.delenv("OMP_WAIT_POLICY")
+        choice = configure_threads()
+        assert choice.source == "load" and choice.wait_policy == "PASSIVE"
+        with pytest.raises(FsarError, match="--threads 0"):
+            configure_threads(0)
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_global_threads_option_is_read_before_the_command() -> None:
+    assert _threads_from_argv(["--threads", "3", "eval", "r"]) == 3
+    assert _threads_from_argv(["--threads=1", "train"]) == 1
+    assert _threads_from_argv(["eval", "--threads", "3"]) is None  # a command's own option
+    assert _threads_from_argv(["--verbose", "train"]) is None
+
+
+@pytest.mark.slow
+def test_cli_sets_the_policy_before_torch_starts() -> None:
+    code = (
+        "import sys; sys.argv = ['fsar', '--threads', '1', 'heads']\n"
+        "from fsar_cli.cli.app import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "import os, torch; print('RESULT', os.environ['OMP_WAIT_POLICY'], torch.get_num_threads())"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MKL_"))}
+    env["PYTHONPATH"] = str(REPO)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert "RESULT PASSIVE 1" in out.stdout, out.stdout + out.stderr
