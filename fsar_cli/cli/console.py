@@ -27,7 +27,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ..encoders import OFFLINE_ENCODER_NAME
 from ..errors import FsarError
+from ..progress import ProgressFn
 
 __all__ = [
     "console",
@@ -43,21 +45,12 @@ __all__ = [
 console = Console()
 err_console = Console(stderr=True)
 
-#: ``on_progress(n=1, *, total=None, label=None)``: advance the bar by ``n`` steps; ``total`` (when
-#: not None) sets the bar's total; ``label`` (when not None) sets the status text after the bar.
-ProgressCallback = Callable[..., None]
-
-
-#: The offline demo encoder's name (``fsar_cli.encoders.offline.OFFLINE_ENCODER_NAME``, kept here as
-#: text so the CLI layer does not import torch to render a table).
-OFFLINE_ENCODER = "offline-demo"
-
 
 def encoder_text(name: str, is_random: bool) -> str:
     """How an encoder is named in every table: random and non-OpenAI weights are flagged."""
     if is_random:
         return f"{name} [bold red]RANDOM WEIGHTS[/] (random weights: not a real result)"
-    if name == OFFLINE_ENCODER:
+    if name == OFFLINE_ENCODER_NAME:
         return f"{name} (fsar's demo CLIP, [bold]not the OpenAI weights[/])"
     return name
 
@@ -149,7 +142,7 @@ def _advance(
 
 
 @contextmanager
-def progress(description: str, total: int | None = None) -> Iterator[ProgressCallback]:
+def progress(description: str, total: int | None = None) -> Iterator[ProgressFn]:
     """A Rich progress bar; yields the ``on_progress`` callback that library functions take."""
     with _new_bar() as bar:
         task = bar.add_task(description, total=total, status="")
@@ -161,7 +154,7 @@ def progress(description: str, total: int | None = None) -> Iterator[ProgressCal
 
 
 @contextmanager
-def staged_progress() -> Iterator[tuple[Callable[[str, str], None], ProgressCallback]]:
+def staged_progress() -> Iterator[tuple[Callable[[str, str], None], ProgressFn]]:
     """One bar per stage of a multi-stage command (``fsar demo``).
 
     Yields ``(on_stage, on_progress)``: ``on_stage(name, detail)`` closes the current bar and

@@ -51,6 +51,7 @@ from .. import atomic
 from ..data.preprocess import preprocess_frames
 from ..data.synth import PALETTE, render_still, sample_params
 from ..errors import EncoderError
+from . import OFFLINE_ENCODER_NAME
 
 __all__ = [
     "OFFLINE_ENCODER_NAME",
@@ -69,7 +70,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OFFLINE_ENCODER_NAME = "offline-demo"
 OFFLINE_ENCODER_DESCRIPTION = (
     "offline-demo: a tiny CLIP (ViT, 48x48 px input, patch 8) that fsar trains itself in about a "
     "minute on synthetic frames of coloured shapes; NOT the OpenAI CLIP weights, only meaningful "

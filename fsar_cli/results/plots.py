@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .. import atomic  # noqa: E402
+from ..encoders import OFFLINE_ENCODER_NAME
 from ..errors import FsarError  # noqa: E402
 from .db import ResultsDB  # noqa: E402
 from .report import load_results  # noqa: E402
@@ -40,7 +41,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PLOT_FORMATS = (".png", ".svg", ".pdf")
-_OFFLINE = "offline-demo"  # fsar_cli.encoders.offline.OFFLINE_ENCODER_NAME, kept as text
 
 
 @dataclass
@@ -62,7 +62,7 @@ def encoder_label(encoder: str, is_random: bool) -> str:
     """The encoder as a figure names it: random and non-OpenAI weights flagged."""
     if is_random:
         return f"{encoder}, RANDOM WEIGHTS (not a real result)"
-    if encoder == _OFFLINE:
+    if encoder == OFFLINE_ENCODER_NAME:
         return f"{encoder} (fsar's demo CLIP, not OpenAI)"
     return encoder
 

@@ -146,10 +146,9 @@ def test_splits_option_overrides_env(shared, tmp_path, monkeypatch: pytest.Monke
 
 
 def test_encoder_text_flags_random_and_demo_weights() -> None:
-    from fsar_cli.cli.console import OFFLINE_ENCODER, encoder_text
+    from fsar_cli.cli.console import encoder_text
     from fsar_cli.encoders.offline import OFFLINE_ENCODER_NAME
 
-    assert OFFLINE_ENCODER == OFFLINE_ENCODER_NAME
     assert "RANDOM WEIGHTS" in encoder_text("random:tiny", True)
     assert "not the OpenAI weights" in encoder_text(OFFLINE_ENCODER_NAME, False)
     assert encoder_text("ViT-B/16", False) == "ViT-B/16"
