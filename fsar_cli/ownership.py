@@ -15,7 +15,7 @@ from typing import Literal
 
 from .errors import OutputError
 
-__all__ = ["claim", "is_empty_dir", "foreign_entries"]
+__all__ = ["claim", "is_empty_dir", "foreign_entries", "starts_with"]
 
 DEFAULT_WAY_OUT = "pass --overwrite to replace it, or choose another --out"
 
@@ -27,6 +27,17 @@ def is_empty_dir(path: Path) -> bool:
             return next(it, None) is None
     except OSError:
         return False
+
+
+def starts_with(*prefixes: bytes) -> Callable[[Path], bool]:
+    """Proof for a text output fsar writes with a fixed beginning (a CSV header, a JSON key)."""
+
+    def ours(path: Path) -> bool:
+        with open(path, "rb") as f:
+            head = f.read(max(len(p) for p in prefixes))
+        return any(head.startswith(p) for p in prefixes)
+
+    return ours
 
 
 def foreign_entries(folder: Path, ours: Callable[[str], bool]) -> list[str]:

@@ -36,6 +36,9 @@ def compare_command(
         Path | None, typer.Option("--out", "-o", help="Also write the rows as CSV here.")
     ] = None,
     db: DbOpt = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an --out file fsar did not write.")
+    ] = False,
 ) -> None:
     """Is A better than B? The paired difference A - B on the same episodes.
 
@@ -44,9 +47,12 @@ def compare_command(
     Evaluations on different episodes are refused unless --unpaired.
     """
     from .. import atomic
+    from ..ownership import claim, starts_with
     from ..results.compare import compare
 
     with cli_errors():
+        if out is not None:  # refused before any work: fsar replaces only its own CSV
+            claim(out, kind="file", ours=starts_with(b"eval_a,eval_b,"), overwrite=overwrite)
         result = compare(a, b, db=db, k_shot=shot, unpaired=unpaired)
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,11 @@ def _out(default: str) -> object:
     return typer.Option("--out", "-o", help=f"Image file: .png (default {default}), .svg or .pdf.")
 
 
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an existing image that fsar did not draw.")
+]
+
+
 def _done(result: PlotResult, what: str) -> None:
     console.print(f"wrote {what} to {result.path}")
 
@@ -42,12 +47,13 @@ def shots_command(
     head: HeadFilt = None,
     since: SinceFilt = None,
     db: DbOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Accuracy vs shots per head and benchmark, with 95% CI bands."""
     from ..results.plots import plot_shots
 
     with cli_errors():
-        res = plot_shots(out, db=db, recipe=recipe, head=head, since=since)
+        res = plot_shots(out, db=db, recipe=recipe, head=head, since=since, overwrite=overwrite)
     n = res.data.groupby(["benchmark", "head", "encoder"]).ngroups
     _done(res, f"{n} curves ({len(res.data)} evaluations)")
 
@@ -57,12 +63,15 @@ def classes_command(
     eval_id: Annotated[int, typer.Argument(help="The evaluation (see `fsar report`).")],
     out: Annotated[Path | None, _out("classes-EVAL_ID.png")] = None,
     db: DbOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Per-class accuracy (sorted bars) and the confusion matrix of one evaluation."""
     from ..results.plots import plot_classes
 
     with cli_errors():
-        res = plot_classes(eval_id, out or Path(f"classes-{eval_id}.png"), db=db)
+        res = plot_classes(
+            eval_id, out or Path(f"classes-{eval_id}.png"), db=db, overwrite=overwrite
+        )
     best, worst = res.data.iloc[0], res.data.iloc[-1]
     console.print(
         f"{len(res.data)} classes; best {best['class_name']} {best['accuracy']:.1f}%, "
@@ -77,12 +86,13 @@ def training_command(
         list[Path], typer.Argument(help="Run folders (or folders of seed-N runs) of `fsar train`.")
     ],
     out: Annotated[Path, _out("training.png")] = Path("training.png"),
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Loss terms, learning rate and validation accuracy against step; best step marked."""
     from ..results.plots import plot_training
 
     with cli_errors():
-        res = plot_training(list(runs), out)
+        res = plot_training(list(runs), out, overwrite=overwrite)
     _done(res, f"{res.data['run'].nunique()} runs' curves")
 
 
@@ -93,12 +103,13 @@ def bench_command(
     head: HeadFilt = None,
     since: SinceFilt = None,
     db: DbOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """The benchmark grid as a heat map: heads x benchmark / shot, cells annotated."""
     from ..results.plots import plot_bench
 
     with cli_errors():
-        res = plot_bench(out, db=db, recipe=recipe, head=head, since=since)
+        res = plot_bench(out, db=db, recipe=recipe, head=head, since=since, overwrite=overwrite)
     _done(res, f"a grid of {len(res.data)} cells")
 
 

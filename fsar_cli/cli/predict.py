@@ -142,6 +142,9 @@ def predict_command(
     ] = False,
     device: DeviceOpt = "cpu",
     overrides: OverrideOpt = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an --out file fsar did not write.")
+    ] = False,
 ) -> None:
     """Label videos with classes defined by a few examples each (or by name, --head text).
 
@@ -152,6 +155,7 @@ def predict_command(
     """
     from .. import atomic
     from ..errors import DataError, RecipeError
+    from ..ownership import claim, starts_with
     from ..prediction.predictor import predict
     from ..prediction.spotting import merge_runs
     from ..recipe import load_recipe
@@ -162,6 +166,10 @@ def predict_command(
             classes_file, names = Path(names[0]), []  # --classes FILE.fsarc: a classes file
         if out is not None and out.suffix.lower() not in (".csv", ".json"):
             raise DataError(f"--out {out}: give a .csv or .json file")
+        if out is not None:  # refused before any work: fsar replaces only its own output
+            ours = starts_with(b"query,key,", b'{\n "')
+            for path in (out, _runs_path(out)) if out.suffix.lower() == ".csv" else (out,):
+                claim(path, kind="file", ours=ours, overwrite=overwrite, what="--out file")
         cfg = None
         if recipe is not None or overrides:
             if recipe is None:

@@ -25,6 +25,7 @@ import pandas as pd  # noqa: E402
 from .. import atomic  # noqa: E402
 from ..encoders import OFFLINE_ENCODER_NAME
 from ..errors import FsarError  # noqa: E402
+from ..ownership import claim
 from .db import ResultsDB  # noqa: E402
 from .report import load_results  # noqa: E402
 
@@ -67,21 +68,31 @@ def encoder_label(encoder: str, is_random: bool) -> str:
     return encoder
 
 
-def _check_out(out: str | Path) -> Path:
+#: Written into every image's metadata: how fsar recognises a plot it may replace.
+_MARK = "fsar plot"
+
+
+def _is_fsar_plot(path: Path) -> bool:
+    return path.stat().st_size < 50_000_000 and _MARK.encode() in path.read_bytes()
+
+
+def _check_out(out: str | Path, overwrite: bool) -> Path:
     path = Path(out)
     if path.suffix.lower() not in PLOT_FORMATS:
         raise FsarError(
             f"--out {str(path)!r}: unknown image type {path.suffix!r}; end the name with "
             f"{', '.join(PLOT_FORMATS)}"
         )
-    return path
+    return claim(path, kind="file", ours=_is_fsar_plot, overwrite=overwrite, what="image")
 
 
 def _save(fig: Any, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic.replacing(out) as tmp:
-            fig.savefig(tmp, format=out.suffix.lower()[1:], dpi=110, bbox_inches="tight")
+            fmt = out.suffix.lower()[1:]
+            key = "Software" if fmt == "png" else "Creator"
+            fig.savefig(tmp, format=fmt, dpi=110, bbox_inches="tight", metadata={key: _MARK})
     finally:
         plt.close(fig)
     log.info("wrote %s", out)
@@ -118,6 +129,7 @@ def plot_shots(
     recipe: str | None = None,
     head: str | None = None,
     since: str | None = None,
+    overwrite: bool = False,
 ) -> PlotResult:
     """Accuracy against shots per head (one panel per benchmark), with 95% CI bands.
 
@@ -125,7 +137,7 @@ def plot_shots(
     ``data`` columns: benchmark, dataset, split, n_way, head, encoder, k_shot, acc_mean,
     acc_ci95 (percent), eval_id.
     """
-    path = _check_out(out)
+    path = _check_out(out, overwrite)
     frame = load_results(db, recipe=recipe, head=head, since=since)
     if frame.empty:
         raise FsarError("no results match; nothing to plot (check the filters or --db)")
@@ -174,7 +186,9 @@ def _class_names(store: str | None, ids: list[int]) -> dict[int, str]:
     return {c: str(names[c]) if c < len(names) and names[c] else f"class {c}" for c in ids}
 
 
-def plot_classes(eval_id: int, out: str | Path, *, db: str | Path | None = None) -> PlotResult:
+def plot_classes(
+    eval_id: int, out: str | Path, *, db: str | Path | None = None, overwrite: bool = False
+) -> PlotResult:
     """Per-class accuracy (sorted bars) and the confusion matrix of one evaluation.
 
     Needs the evaluation's stored predictions. ``data`` (one row per class, best first):
@@ -182,7 +196,7 @@ def plot_classes(eval_id: int, out: str | Path, *, db: str | Path | None = None)
     row-normalised confusion matrix in percent (rows = true class, columns = predicted, over the
     queries whose episode held both classes), indexed by class name.
     """
-    path = _check_out(out)
+    path = _check_out(out, overwrite)
     rdb = ResultsDB(db)
     meta = rdb.query()
     row = meta[meta["eval_id"] == int(eval_id)]
@@ -290,13 +304,15 @@ def _run_folders(runs: list[str | Path]) -> list[Path]:
     return out
 
 
-def plot_training(runs: list[str | Path], out: str | Path) -> PlotResult:
+def plot_training(
+    runs: list[str | Path], out: str | Path, *, overwrite: bool = False
+) -> PlotResult:
     """Loss terms, learning rate and validation accuracy against step for one or more runs
     (a folder of ``seed-N`` runs counts as its seeds); each run's best validation step marked.
 
     ``data``: the runs' metrics.csv rows with a ``run`` column (the folder), as read.
     """
-    path = _check_out(out)
+    path = _check_out(out, overwrite)
     folders = _run_folders(runs)
     names = [
         f.name
@@ -363,13 +379,14 @@ def plot_bench(
     recipe: str | None = None,
     head: str | None = None,
     since: str | None = None,
+    overwrite: bool = False,
 ) -> PlotResult:
     """The benchmark grid as an annotated heat map: heads (and encoders) x benchmark / shot.
 
     Each cell is the latest evaluation's accuracy (percent), annotated ``acc ± ci``.
     ``data``: one row per cell: method, column, acc_mean, acc_ci95, eval_id.
     """
-    path = _check_out(out)
+    path = _check_out(out, overwrite)
     frame = load_results(db, recipe=recipe, head=head, since=since)
     if frame.empty:
         raise FsarError("no results match; nothing to plot (check the filters or --db)")

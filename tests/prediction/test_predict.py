@@ -270,6 +270,12 @@ def test_api_and_cli(tmp_path: Path, cached: tuple[Path, Recipe]) -> None:
     )
     assert res.exit_code == 0, res.output
     assert "RANDOM WEIGHTS" in res.output and "otam" in res.output
+    mine = tmp_path / "mine.csv"  # a file fsar did not write is never replaced
+    mine.write_text("my,notes\n")
+    args = ["predict", str(query), "--support", str(_support_csv(tmp, 1)), "--recipe", str(yaml)]
+    refused = CliRunner().invoke(app, [*args, "--head", "otam", "--out", str(mine)])
+    assert refused.exit_code == 1 and "--overwrite" in refused.output
+    assert mine.read_text() == "my,notes\n"
     csv = pd.read_csv(out)
     n = len(fsar_cli.prediction.predictor.PREDICT_COLUMNS)
     assert list(csv.columns[:n]) == fsar_cli.prediction.predictor.PREDICT_COLUMNS

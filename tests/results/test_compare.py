@@ -180,6 +180,15 @@ def test_cli_compare(tmp_path: Path) -> None:
     assert len(frame) == 1 and frame.loc[0, "k_shot"] == 2
     bad = runner.invoke(app, ["compare", "otam", "nothing", "--db", str(db)])
     assert bad.exit_code == 1 and "no evaluation matches" in bad.output
+    again = runner.invoke(app, ["compare", "otam", "proto", "--db", str(db), "--out", str(out)])
+    assert again.exit_code == 0, again.output  # its own CSV is replaced
+    notes = tmp_path / "notes.csv"
+    notes.write_text("my,notes\n")
+    args = ["compare", "otam", "proto", "--db", str(db), "--out", str(notes)]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 1 and "--overwrite" in refused.output
+    assert notes.read_text() == "my,notes\n"
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
 
 
 def test_predictions_dataclass_maps_labels_to_classes() -> None:

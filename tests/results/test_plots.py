@@ -174,3 +174,19 @@ def test_train_seeds_eval_parent_and_report(tmp_path: Path) -> None:
         app, ["train", str(recipe), "--out", str(run), "--seeds", "0", "1", "--resume"]
     )
     assert again.exit_code == 0, again.output
+
+
+def test_plots_replace_only_images_fsar_drew(filled: tuple[Path, Path], tmp_path: Path) -> None:
+    _, db = filled
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"my holiday photo")
+    res = runner.invoke(app, ["plot", "shots", "--db", str(db), "--out", str(mine)])
+    assert res.exit_code == 1 and str(mine) in res.output and "--overwrite" in res.output
+    assert mine.read_bytes() == b"my holiday photo"
+    for suffix in (".png", ".svg", ".pdf"):  # fsar's own image: replaced without --overwrite
+        out = tmp_path / f"shots{suffix}"
+        for _ in range(2):
+            res = runner.invoke(app, ["plot", "shots", "--db", str(db), "--out", str(out)])
+            assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["plot", "shots", "--db", str(db), "--out", str(mine), "--overwrite"])
+    assert res.exit_code == 0 and mine.read_bytes()[:8] == PNG
