@@ -39,10 +39,17 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A reduced `fsar demo` (the offline encoder, clipfsar trained briefly)."""
+    import torch
+
     from fsar_cli.demo import run_demo
 
     out = tmp_path_factory.mktemp("demo12") / "demo"
-    run_demo(out, videos_per_class=6, train_steps=20, episodes=200, shots=(1,))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # the cache's features and predict's must come from one thread count
+    try:
+        run_demo(out, videos_per_class=6, train_steps=20, episodes=200, shots=(1,))
+    finally:
+        torch.set_num_threads(n)
     return out
 
 
@@ -66,6 +73,7 @@ def _support_and_queries(recipe, k: int, frames: bool) -> tuple[pd.DataFrame, li
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")  # bit-exact across batch shapes at one intra-op thread
 def test_demo_head_predicts_the_evaluators_logits(demo: Path, tmp_path: Path) -> None:
     run = demo / "runs" / "clipfsar"
     recipe = load_recipe(run / "resolved_recipe.yaml")
