@@ -727,9 +727,3 @@ def _recipe_from_identity(identity: dict[str, Any], where: str) -> Recipe:
             f"{where} does not record {exc.args[0]!r}; pass --recipe NAME or -c RUN"
         ) from None
     return recipe_from_dict({"name": "predict", "features": feats})
-
-
-def summarize_failures(table: pd.DataFrame) -> list[tuple[str, str]]:
-    """(query, reason) of the failed rows."""
-    bad = table[table["status"] != "ok"]
-    return list(zip(bad["query"].tolist(), bad["reason"].tolist(), strict=True))

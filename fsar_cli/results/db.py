@@ -410,18 +410,6 @@ class ResultsDB:
         preds = np.frombuffer(zlib.decompress(row[4]), dtype="i1").reshape(n, W * Q)
         return EpisodePredictions(classes.astype(np.int64), preds.astype(np.int64), Q)
 
-    def predictions_bytes(self, eval_id: int) -> int:
-        """Bytes the stored predictions of ``eval_id`` take (0 when it has none)."""
-        conn = self._connect(create=False)
-        try:
-            row = conn.execute(
-                "SELECT length(classes) + length(preds) FROM episode_preds WHERE eval_id = ?",
-                (int(eval_id),),
-            ).fetchone()
-        finally:
-            conn.close()
-        return 0 if row is None else int(row[0])
-
     def has_predictions(self) -> set[int]:
         """The eval ids that have stored predictions."""
         conn = self._connect(create=False)

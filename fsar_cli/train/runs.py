@@ -190,12 +190,6 @@ class RunDir:
         """Create the folder and write ``resolved_recipe.yaml`` (after :meth:`check`)."""
         write_resolved(recipe, self.path, argv)
 
-    def prepare(self, recipe: Recipe, *, resume: bool, argv: list[str] | None = None) -> None:
-        """:meth:`check`, then :meth:`start` for a new run (a resume writes nothing)."""
-        self.check(recipe, resume=resume)
-        if not resume:
-            self.start(recipe, argv)
-
     def load_state(self) -> dict[str, Any] | None:
         """The training state in ``last.pt``, or None when no checkpoint was written yet."""
         if not self.last.is_file():
