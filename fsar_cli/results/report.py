@@ -11,7 +11,7 @@ import pandas as pd
 
 from .. import atomic
 from ..errors import FsarError
-from ..ownership import claim
+from ..ownership import claim, starts_with
 from .db import ResultsDB
 from .published import BENCHMARKS, CAVEAT, published
 
@@ -208,13 +208,6 @@ def markdown_table(frame: pd.DataFrame, *, include_published: bool = True) -> st
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
-def _is_report(path: Path) -> bool:
-    """Whether ``path`` is a report fsar wrote: its first line is a report's header."""
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        first = fh.readline().rstrip("\r\n")
-    return first.startswith("| method | ") or first.startswith(",".join(REPORT_COLUMNS[:3]))
-
-
 def write_report(
     out: str | Path | None = None,
     *,
@@ -245,7 +238,13 @@ def write_report(
     if fmt == "csv" and out is None:
         raise FsarError("a CSV report needs an output file: pass --out results.csv")
     if out is not None:  # before any work: never replace a file fsar did not write
-        claim(out, kind="file", ours=_is_report, overwrite=overwrite, what="report")
+        claim(
+            out,
+            kind="file",
+            ours=starts_with(b"| method | ", ",".join(REPORT_COLUMNS[:3]).encode()),
+            overwrite=overwrite,
+            what="report",
+        )
     frame = load_results(db, recipe=recipe, head=head, k_shot=k_shot, since=since)
     text = None
     if fmt == "markdown":
