@@ -4,6 +4,10 @@ A lock is a hidden file beside what it guards (``.<name>.lock``), locked with ``
 holding ``<pid> <host>``. The kernel drops a flock when its process dies, so a ``kill -9`` never
 leaves a stale lock; the file is removed on a clean release. A process that opens the file just
 before its holder removes it notices (the path no longer names the file it locked) and retries.
+
+A lock can also be taken shared (``shared=True``): any number of shared holders run together and
+exclude every exclusive one (the shards of one ``fsar cache --shard i/n`` against an unsharded
+run into the same store). The last shared holder to leave removes the file.
 """
 
 from __future__ import annotations
@@ -37,27 +41,32 @@ def _holder(lock: Path) -> str:
 
 
 @contextmanager
-def hold(guarded: str | Path, *, what: str, way_out: str, tag: str = "") -> Iterator[Path]:
-    """Hold the exclusive lock of ``guarded`` for the ``with`` block.
+def hold(
+    guarded: str | Path, *, what: str, way_out: str, tag: str = "", shared: bool = False
+) -> Iterator[Path]:
+    """Hold the exclusive (or shared) lock of ``guarded`` for the ``with`` block.
 
     Args:
         guarded: the folder (or file) the lock protects; its parent folder is created.
         what: how the message names it (``run folder``, ``feature store``).
         way_out: what the user can do instead (``use another --out``).
         tag: distinguishes several locks on one path (cache shards).
+        shared: hold it shared: other shared holders are let in, exclusive ones are refused (and
+            an exclusive holder refuses this one).
 
     Returns:
         A context manager yielding the lock file's path.
 
     Raises:
-        OutputError: another live process holds the lock ("in use by pid N").
+        OutputError: another live process holds the lock in a conflicting mode ("in use by pid
+            N").
     """
     lock = lock_path_for(guarded, tag)
     lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise OutputError(
@@ -72,11 +81,19 @@ def hold(guarded: str | Path, *, what: str, way_out: str, tag: str = "") -> Iter
             break
         os.close(fd)  # its holder removed the file between our open and our lock: try again
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        os.ftruncate(fd, 0)  # shared holders: the latest one is named
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         yield lock
     finally:
         try:
-            lock.unlink(missing_ok=True)
+            if shared:  # remove the file only when no other shared holder is left
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    pass  # another holder still uses it (and removes it when it leaves)
+                else:
+                    lock.unlink(missing_ok=True)
+            else:
+                lock.unlink(missing_ok=True)
         finally:
             os.close(fd)

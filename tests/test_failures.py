@@ -149,17 +149,23 @@ def test_synth_demo_and_splits_download_keep_user_files(tmp_path: Path) -> None:
 _HOLD = """
 import sys, time
 from fsar_cli import locks
-with locks.hold(sys.argv[1], what="x", way_out="y", tag=sys.argv[2]):
+shared = sys.argv[3] == "shared"
+with locks.hold(sys.argv[1], what="x", way_out="y", tag=sys.argv[2], shared=shared):
     print("held", flush=True)
     time.sleep(60)
 """
 
 
-def _holder(path: Path, tag: str = "") -> subprocess.Popen[str]:
-    """Another process holding the lock of ``path``; returns once it holds it."""
+def _holder(path: Path, tag: str = "", shared: bool = False) -> subprocess.Popen[str]:
+    """Another process holding the lock of ``path`` (shared: as a cache shard holds its store's);
+    returns once it holds it."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    mode = "shared" if shared else "exclusive"
     proc = subprocess.Popen(
-        [sys.executable, "-c", _HOLD, str(path), tag], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", _HOLD, str(path), tag, mode],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
     return proc
@@ -214,6 +220,44 @@ def test_second_unsharded_cache_into_one_folder_is_refused(tmp_path: Path) -> No
         proc.kill()
         proc.wait()
     assert not store.exists()
+
+
+def test_sharded_and_unsharded_cache_into_one_folder_exclude_each_other(tmp_path: Path) -> None:
+    from fsar_cli import locks
+    from fsar_cli.errors import OutputError
+
+    recipe = tiny_recipe(tmp_path)
+    store = tmp_path / "cache-tiny" / "test"
+    args = ["cache", recipe, "--split", "test", "--device", "cpu"]
+    proc = _holder(store)  # stands in for an unsharded `fsar cache` at work
+    try:
+        for shard in ("0/2", "1/2"):
+            res = _fsar(*args, "--shard", shard)
+            _one_line_error(res, f"in use by pid {proc.pid}", str(store), "--shard")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not store.exists()
+    proc = _holder(store, shared=True)  # stands in for `fsar cache --shard 0/2` at work
+    try:
+        res = _fsar(*args)
+        _one_line_error(res, f"in use by pid {proc.pid}", str(store), "--shard")
+        # another shard runs beside it; the same shard twice does not
+        with locks.hold(store, what="feature store", way_out="-", shared=True):
+            with locks.hold(store, what="feature store", way_out="-", tag="shard-1-of-2"):
+                with pytest.raises(OutputError, match="in use by pid"):
+                    with locks.hold(store, what="feature store", way_out="-", tag="shard-1-of-2"):
+                        pass
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not store.exists()
+    # both shards released: the last one out removes the lock, and an unsharded run goes ahead
+    with locks.hold(store, what="feature store", way_out="-", shared=True) as lock:
+        pass
+    assert not lock.exists()
+    with locks.hold(store, what="feature store", way_out="-"):
+        pass
 
 
 # ---------------------------------------------------------------- 2. never lose a computed number

@@ -27,6 +27,8 @@ Sharding: ``shard=(i, n)`` encodes chunks ``i, i+n, i+2n, ...`` into the shared 
 whichever process finds every chunk present assembles the store (a lock file makes that one
 process). ``n`` processes, or torchrun ranks (``i = RANK``, ``n = WORLD_SIZE``), can run at once on
 a shared file system; rerunning any shard, or an unsharded run, finishes and assembles what is left.
+An unsharded run and sharded ones never run into one store at once (:mod:`fsar_cli.locks`: the
+unsharded run holds the store's lock exclusively, the shards hold it shared).
 
 Under ``torchrun`` (:mod:`fsar_cli.distributed`) the shard is ``(RANK, WORLD_SIZE)`` by itself:
 rank 0 plans first (recovering and creating the ``.work`` folders), every rank encodes its chunks,
@@ -686,12 +688,22 @@ def cache_features(
         )
     advance = on_progress or (lambda n=1, *, total=None, label=None: None)
     with contextlib.ExitStack() as stack:
-        # one process per (split, shard): a second run into the same folder is told who holds it
+        # One process per (split, shard), and never a sharded and an unsharded run into one
+        # folder: an unsharded run holds the store's lock exclusively, the shards hold it shared
+        # (they run together) and each holds its own shard lock. A second run is told who holds it.
+        way_out = (
+            "use another features.cache_dir (--set features.cache_dir=...); sharded (--shard i/n) "
+            "and unsharded runs into one folder exclude each other"
+        )
         for split in dict.fromkeys(splits):
             where = store_path(os.path.expanduser(f.cache_dir), split)
-            tag = "" if shard is None else f"shard-{shard[0]}-of-{shard[1]}"
-            way_out = "use another features.cache_dir (--set features.cache_dir=...)"
-            stack.enter_context(locks.hold(where, what="feature store", way_out=way_out, tag=tag))
+            what = "feature store"
+            stack.enter_context(
+                locks.hold(where, what=what, way_out=way_out, shared=shard is not None)
+            )
+            if shard is not None:
+                tag = f"shard-{shard[0]}-of-{shard[1]}"
+                stack.enter_context(locks.hold(where, what=what, way_out=way_out, tag=tag))
         return _cache_locked(recipe, splits, encoder, shard, advance, d)
 
 
