@@ -451,6 +451,32 @@ def test_features_of_other_weights_are_refused_in_eval_and_resume(tmp_path: Path
     assert res.exit_code == 0, res.output
 
 
+def test_seeds_pass_allow_other_features_to_every_seed(tmp_path: Path) -> None:
+    recipe = make_recipe(tmp_path, train=TRAIN_SHORT)
+    run = tmp_path / "run"
+    args = ["train", recipe, "--out", run, "--seeds", 0, 1, "--steps", 2]
+    assert _fsar(*args).exit_code == 0
+    steps = {s: int(torch.load(run / s / "last.pt", weights_only=True)["step"]) for s in SEEDS}
+    assert steps == {"seed-0": 2, "seed-1": 2}
+    for split in ("train", "val"):  # the whole cache rebuilt with other weights of the same width
+        _set_meta(tmp_path / "cache" / split, weights_sha256="c" * 64)
+    res = _fsar(*args[:-2], "--resume")
+    _one_line_error(res, "seed-0", "weights_sha256", "'" + "c" * 64 + "'", "--allow-other-features")
+    for s in SEEDS:  # nothing trained on the other features
+        assert int(torch.load(run / s / "last.pt", weights_only=True)["step"]) == 2
+    res = _fsar(*args[:-2], "--resume", "--allow-other-features")
+    assert res.exit_code == 0, res.output
+    for s in SEEDS:  # every seed resumed and finished, not only the first
+        assert int(torch.load(run / s / "last.pt", weights_only=True)["step"]) == 4
+
+
+SEEDS = ("seed-0", "seed-1")
+TRAIN_SHORT = (
+    "steps: 4, episodes_per_step: 2, lr: 1.0e-3, warmup_lr: 1.0e-4, lr_step: 2, val_every: 2, "
+    "val_episodes: 10, checkpoint_every: 2, lambda_vt: 1.0"
+)
+
+
 @pytest.mark.slow
 def test_old_checkpoint_without_provenance_is_accepted_with_a_warning(tmp_path: Path) -> None:
     from fsar_cli.models import create_head, save_head_checkpoint

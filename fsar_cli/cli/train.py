@@ -121,7 +121,18 @@ def train(
         )
         try:
             if seed_list is not None:
-                _train_seeds(cfg, out, seed_list, train_fn, resume, device, steps, d.is_main)
+                _train_seeds(
+                    cfg,
+                    out,
+                    seed_list,
+                    train_fn,
+                    resume,
+                    device,
+                    steps,
+                    d.is_main,
+                    allow_other_features=allow_other_features,
+                    extra=extra,
+                )
                 return
             with bar as advance:
                 result = train_fn(
@@ -174,8 +185,15 @@ def _train_seeds(
     device: str,
     steps: int | None,
     is_main: bool,
+    *,
+    allow_other_features: bool = False,
+    extra: dict[str, str] | None = None,
 ) -> None:
-    """Train one run per seed, one progress bar each, then a table of the seeds."""
+    """Train one run per seed, one progress bar each, then a table of the seeds.
+
+    Every seed's run gets the same options as a single run (``--allow-other-features``,
+    ``--precision``).
+    """
     from ..train.seeds import train_seeds
 
     results = []
@@ -196,6 +214,8 @@ def _train_seeds(
                 on_progress=advance,
                 max_steps=steps,
                 argv=["fsar", *sys.argv[1:]],
+                allow_other_features=allow_other_features,
+                **(extra or {}),
             )
     if not is_main:
         return
