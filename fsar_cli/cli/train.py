@@ -187,7 +187,7 @@ def _train_seeds(
     is_main: bool,
     *,
     allow_other_features: bool = False,
-    extra: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Train one run per seed, one progress bar each, then a table of the seeds.
 
