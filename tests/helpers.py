@@ -17,6 +17,19 @@ TINY = SHARED / "fixtures" / "ssv2_tiny"
 SMALL_MODEL = {"num_heads": 4, "ffn_dim": 64, "adapter_hidden": 16}
 
 
+def one_line_error(res: object, *names: str) -> str:
+    """The CLI failed with exit code 1 and one ``error:`` line naming every one of ``names``."""
+    out = res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 1, out  # type: ignore[attr-defined]
+    assert "Traceback" not in out, out
+    lines = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, out
+    text = " ".join(out.split())  # Rich may wrap a long line; the names are in it either way
+    for name in names:
+        assert name in text, (name, out)
+    return text
+
+
 def write_recipe(path: Path, name: str = "tiny", **sections: object) -> Path:
     """Write a recipe YAML (``name`` plus the given top-level sections) and return its path."""
     path.write_text(yaml.safe_dump({"name": name, **sections}, sort_keys=False))

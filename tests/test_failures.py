@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import SHARED, TINY, make_recipe, tiny_recipe
+from helpers import one_line_error as _one_line_error
 from typer.testing import CliRunner
 
 from fsar_cli.cli.app import app
@@ -31,19 +32,6 @@ runner = CliRunner()
 
 def _fsar(*args: object) -> object:
     return runner.invoke(app, [str(a) for a in args])
-
-
-def _one_line_error(res: object, *names: str) -> str:
-    """The CLI failed with exit code 1 and one ``error:`` line naming every one of ``names``."""
-    out = res.output  # type: ignore[attr-defined]
-    assert res.exit_code == 1, out  # type: ignore[attr-defined]
-    assert "Traceback" not in out, out
-    lines = [line for line in out.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, out
-    text = " ".join(out.split())  # Rich may wrap a long line; the names are in it either way
-    for name in names:
-        assert name in text, (name, out)
-    return text
 
 
 def _user_files(folder: Path) -> dict[str, bytes]:

@@ -46,6 +46,7 @@ __all__ = [
     "load_encoder",
     "available_encoders",
     "resolve_weights",
+    "weights_file_sha256",
     "ARCHS",
     "RANDOM_LABEL",
     "TOWER_FILE",
@@ -252,6 +253,12 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def weights_file_sha256(path: str | Path) -> str:
+    """The SHA-256 an encoder loaded from the weights file ``path`` records (``fsar cache
+    --weights PATH`` writes it into the store's ``meta.json``)."""
+    return _file_sha256(Path(path))
 
 
 def _arch_name(name: str) -> str | None:

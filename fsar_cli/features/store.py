@@ -46,6 +46,7 @@ __all__ = [
     "recover_store",
     "provenance",
     "check_provenance",
+    "compare_provenance",
     "PROVENANCE_KEYS",
 ]
 
@@ -383,26 +384,66 @@ def check_provenance(
         allow: the user knows (``--allow-other-features``): log the difference, do not refuse.
         keys: what must agree (``sampling`` only within one split).
     """
+    compare_provenance(
+        recorded,
+        provenance(store.meta),
+        what=what,
+        source=str(store.path),
+        holds="holds",
+        here="in the store",
+        fix="use the cache it was made with (features.cache_dir)",
+        allow=allow,
+        keys=keys,
+    )
+
+
+def compare_provenance(
+    recorded: dict[str, Any] | None,
+    now: dict[str, Any],
+    *,
+    what: str,
+    source: str,
+    holds: str,
+    here: str,
+    fix: str,
+    allow: bool = False,
+    keys: tuple[str, ...] = PROVENANCE_KEYS,
+) -> None:
+    """Refuse features described by ``now`` (from ``source``) if ``recorded`` names others.
+
+    The one check behind :func:`check_provenance` (a feature store) and the finetune mode's
+    (features the run computes with its encoder, no store).
+
+    Args:
+        recorded: what ``what`` recorded (:func:`provenance`'s format); None is accepted with a
+            warning (made by an older fsar).
+        now: the provenance of the features about to be used, in the same format.
+        source: what gives them, for the message (a store folder, an encoder).
+        holds: the verb for ``source`` (``holds``, ``gives``); ``here``: where ``now`` is
+            (``in the store``); ``fix``: the way out besides ``--allow-other-features``.
+        allow: the user knows (``--allow-other-features``): log the difference, do not refuse.
+        keys: what must agree.
+    """
     import logging
 
     log = logging.getLogger(__name__)
     if not recorded:
         log.warning(
-            "%s records no feature provenance (older fsar): cannot check that %s holds the "
+            "%s records no feature provenance (older fsar): cannot check that %s %s the "
             "features it was made with",
             what,
-            store.path,
+            source,
+            holds,
         )
         return
-    now = provenance(store.meta)
     diff = [k for k in keys if k in recorded and recorded.get(k) != now.get(k)]
     if not diff:
         return
-    shown = ", ".join(f"{k} {recorded.get(k)!r} there, {now.get(k)!r} in the store" for k in diff)
+    shown = ", ".join(f"{k} {recorded.get(k)!r} there, {now.get(k)!r} {here}" for k in diff)
     if allow:
         log.warning("%s: other features than it was made with (%s); allowed", what, shown)
         return
     raise CacheError(
-        f"{what} was made with other features than {store.path} holds: {shown}; use the cache it "
-        "was made with (features.cache_dir), or pass --allow-other-features if this is deliberate"
+        f"{what} was made with other features than {source} {holds}: {shown}; {fix}, or pass "
+        "--allow-other-features if this is deliberate"
     )

@@ -15,6 +15,10 @@ are the shared loop's (:mod:`.loop`).
 Run folder: ``last.pt`` also holds ``tower_state`` and the scaler; ``tower.pt`` is the visual
 tower of ``best.pt`` (``{"visual.<key>": tensor}``, OpenAI CLIP names) and ``tower.json`` names
 its architecture, so ``fsar cache --weights RUN`` caches features with the fine-tuned tower.
+Feature provenance, in a feature store's format: ``last.pt`` and ``summary.json`` record the
+encoder the run started from (a resume with other weights is refused), ``best.pt`` records
+``tower.pt`` (name, the file's SHA-256, resolution, sampling), so ``fsar eval`` refuses by name
+to score it on features of other weights, exactly as for a frozen run's checkpoint.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 
 from .. import distributed
 from ..data.clips import ClipSpec, EpisodeClips, default_query_augment
-from ..encoders.clip import TOWER_FILE
+from ..encoders.clip import TOWER_FILE, weights_file_sha256
 from ..models import save_head_checkpoint
 from ..progress import ProgressFn
 from ..recipe import Recipe
@@ -88,8 +92,25 @@ class FinetuneMode:
             default_query_augment(recipe),
             cfg.seed,
         )
+        # What the run trains on, in the format of a feature store's provenance: the encoder it
+        # starts from (last.pt, summary.json; a resume on other weights is refused). best.pt
+        # records its tower.pt instead (save_best), so evaluating it on features of any other
+        # weights, the original ones included, is refused like a frozen run's checkpoint.
+        self.provenance = self._features(self.m.encoder.weights_sha256)
         self.stream: Any = None
         self.has_best = False  # a tower.pt has been written for best.pt
+
+    def _features(self, weights_sha256: str) -> dict[str, Any]:
+        f = self.recipe.features
+        return {
+            "encoder": self.encoder,
+            "weights_sha256": weights_sha256,
+            "resize": f.resize,
+            "crop": f.crop,
+            "num_frames": f.num_frames,
+            "sampling": f.sampling.for_split("train"),
+            "split": "train",
+        }
 
     def begin(self, start: int, stop: int, lo: int, hi: int) -> None:
         E = int(self.recipe.train.episodes_per_step)
@@ -122,9 +143,15 @@ class FinetuneMode:
             "weights_sha256": self.m.encoder.weights_sha256,
             "encoder_random": self.encoder_random,
         }
-        save_tower(run.path / TOWER_FILE, self.m.visual, {**tower_info, **extra})
+        meta = {k: v for k, v in extra.items() if k != "features"}  # the start's, not the tower's
+        tower = save_tower(run.path / TOWER_FILE, self.m.visual, {**tower_info, **meta})
+        # the head scores features of this tower: those of `fsar cache --weights RUN`, whose
+        # store records this file's SHA-256
+        features = self._features(weights_file_sha256(tower))
         save_head_checkpoint(
-            run.best, self.head, {**extra, "encoder": self.encoder, "tower": TOWER_FILE}
+            run.best,
+            self.head,
+            {**extra, "encoder": self.encoder, "tower": TOWER_FILE, "features": features},
         )
 
     def state(self) -> dict[str, Any]:
@@ -184,8 +211,8 @@ def finetune_train(
         on_progress: ``on_progress(n, total=, label=)`` after every optimiser step.
         max_steps: stop after this many completed steps (the schedule still spans ``train.steps``).
         argv: command line recorded in ``resolved_recipe.yaml``.
-        allow_other_features: accepted for symmetry with ``meta_train`` (fine-tuning encodes
-            frames itself, so there is no feature store to check).
+        allow_other_features: resume although the encoder's weights (or the resolution or
+            sampling) are not those the run recorded in ``last.pt`` (refused otherwise).
     Returns:
         :class:`fsar_cli.train.loop.TrainResult` (also written to ``summary.json``).
     Raises:

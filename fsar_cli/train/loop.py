@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import distributed, locks
 from ..errors import TrainError
-from ..features.store import PROVENANCE_KEYS, check_provenance
+from ..features.store import PROVENANCE_KEYS, check_provenance, compare_provenance
 from ..models.base import FewShotHead
 from ..progress import ProgressFn
 from ..recipe import Recipe
@@ -89,6 +89,9 @@ class TrainMode(Protocol):
     sel_split: str  # "val", or "test" with train.select_on: test
     encoder: str
     encoder_random: bool
+    #: the features it trains on, in :func:`fsar_cli.features.store.provenance`'s format (frozen:
+    #: the train store's; finetune: the encoder's, before fine-tuning); in last.pt and summary.json
+    provenance: dict[str, Any]
 
     def begin(self, start: int, stop: int, lo: int, hi: int) -> None:
         """Called once before step ``start``: steps ``start .. stop-1`` follow, episodes
@@ -213,15 +216,29 @@ def run_loop(
     best: dict[str, Any] = {"acc": None, "ci95": None, "step": None}
     final_val: tuple[float, float] | None = None
     state = d.on_main(run.load_state) if resume else None  # read by rank 0, sent to all
-    features = getattr(mode, "provenance", None)  # frozen mode: the train store's provenance
-    if state is not None and features is not None:
-        check_provenance(
-            state.get("features"),
-            mode.train_store,  # type: ignore[attr-defined]
-            what=f"run {str(run.path)!r} (last.pt)",
-            allow=allow_other_features,
-            keys=(*PROVENANCE_KEYS, "sampling"),
-        )
+    # frozen mode: the train store's provenance; finetune: its encoder's, in the same format
+    features = mode.provenance
+    if state is not None:
+        what = f"run {str(run.path)!r} (last.pt)"
+        keys = (*PROVENANCE_KEYS, "sampling")
+        store = getattr(mode, "train_store", None)
+        if store is not None:
+            check_provenance(
+                state.get("features"), store, what=what, allow=allow_other_features, keys=keys
+            )
+        else:  # no store: the features come from the encoder the recipe names
+            compare_provenance(
+                state.get("features"),
+                features,
+                what=what,
+                source=f"encoder {mode.encoder!r}",
+                holds="gives",
+                here="now",
+                fix="use the encoder and weights it was made with (features.encoder, "
+                "features.weights)",
+                allow=allow_other_features,
+                keys=keys,
+            )
     if state is not None:
         if state.get("mode", "frozen") != mode.name:
             raise TrainError(

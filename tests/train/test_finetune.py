@@ -273,3 +273,62 @@ def test_two_ranks_train_like_one_process(data: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     _same(_state(tmp_path / "one"), _state(tmp_path / "two"))
     assert len(torch.load(tmp_path / "two" / "last.pt", weights_only=True)["rng"]) == 2
+
+
+def test_finetuned_checkpoint_records_its_tower_and_refuses_other_features(
+    data: Path, tmp_path: Path
+) -> None:
+    """Issue 14: a finetune run records feature provenance as a frozen one does. best.pt names
+    its tower.pt (so `fsar eval` refuses the original encoder's features by name, and takes those
+    of `fsar cache --weights RUN`); last.pt names the encoder it started from (resume)."""
+    from helpers import one_line_error
+    from typer.testing import CliRunner
+
+    from fsar_cli.cli.app import app
+    from fsar_cli.encoders.clip import weights_file_sha256
+
+    def fsar(*args: object) -> object:
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    make_recipe(data, tmp_path, train=TRAIN.replace("steps: 4", "steps: 2"))
+    recipe, run = tmp_path / "recipe.yaml", tmp_path / "run"
+    res = fsar("train", recipe, "--out", run, "--steps", 1)
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    base = load_encoder("random:tiny").weights_sha256
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["features"] == {
+        "encoder": "random:tiny",
+        "weights_sha256": base,
+        "resize": 40,
+        "crop": 32,
+        "num_frames": 8,
+        "sampling": "random",
+        "split": "train",
+    }
+    # resumed on other weights than it started from: refused by name, unless deliberate
+    state["features"]["weights_sha256"] = "d" * 64
+    torch.save(state, run / "last.pt")
+    res = fsar("train", recipe, "--out", run, "--resume")
+    one_line_error(res, "weights_sha256", "'" + "d" * 64 + "'", base, "--allow-other-features")
+    assert int(torch.load(run / "last.pt", weights_only=True)["step"]) == 1  # nothing trained
+    res = fsar("train", recipe, "--out", run, "--resume", "--allow-other-features")
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+
+    tower_sha = weights_file_sha256(run / TOWER_FILE)
+    recorded = load_head_checkpoint(run / "best.pt")[1]["features"]
+    assert recorded == {**state["features"], "weights_sha256": tower_sha}
+    assert tower_sha != base
+
+    # the original encoder's features: refused by name (the head was trained on the tower's)
+    assert fsar("cache", recipe, "--split", "val", "--device", "cpu").exit_code == 0  # type: ignore[attr-defined]
+    args = ["eval", recipe, "-c", run, "--split", "val", "--episodes", 10, "--no-record"]
+    res = fsar(*args)
+    one_line_error(res, str(run / "best.pt"), "weights_sha256", base, tower_sha)
+    res = fsar(*args, "--allow-other-features")
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    # the fine-tuned tower's features (`fsar cache --weights RUN`): accepted
+    other = ["--set", f"features.cache_dir={tmp_path / 'tower-cache'}"]
+    res = fsar("cache", recipe, "--split", "val", "--device", "cpu", "--weights", run, *other)
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    res = fsar(*args, *other)
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
