@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from helpers import SHARED, TINY, make_recipe, tiny_recipe
@@ -702,6 +703,56 @@ def test_brackets_in_class_names_survive_tables(tmp_path: Path) -> None:
     assert "[pushing] something" in res.output, res.output
 
 
+SSV2_NAMES = ["Putting [something] into [something]", "Pushing [something] from left to right"]
+
+
+def test_brackets_in_predicted_class_names_and_paths_are_printed(tmp_path: Path) -> None:
+    """SSv2 class names hold [something]: predict's table and messages show them literally."""
+    support = tmp_path / "support"
+    for c, name in enumerate(SSV2_NAMES):
+        video = sorted((TINY / "test" / f"test{c}").iterdir())[0]
+        shutil.copytree(video, support / name / video.name)
+    queries = tmp_path / "[my] clips"
+    shutil.copytree(sorted((TINY / "test" / "test1").iterdir())[1], queries / "[take 2] pushing")
+    (queries / "[bad] clip.mp4").write_bytes(b"not a video")
+    out = tmp_path / "[out] preds.csv"
+    args = ["predict", queries, "--support", support, "--recipe", tiny_recipe(tmp_path)]
+    res = _fsar(*args, "--head", "otam", "--top-k", 2, "--out", out)
+    assert res.exit_code == 0, res.output  # one query failed, not all
+    text = " ".join(res.output.split())
+    for name in (*SSV2_NAMES, "[take 2] pushing", "[bad] clip.mp4", str(out)):
+        assert " ".join(name.split()) in text, (name, res.output)
+    csv = pd.read_csv(out)
+    assert {f"prob:{n}" for n in SSV2_NAMES} <= set(csv.columns)
+    assert csv["label"].dropna().isin(SSV2_NAMES).all() and csv["label"].notna().sum() == 1
+
+
+def test_brackets_in_recipe_names_and_run_folders_are_printed(tmp_path: Path) -> None:
+    recipe = make_recipe(tmp_path, train=TRAIN_SHORT)
+    recipe.write_text(recipe.read_text().replace("name: tiny", "name: tiny [v2]"))
+    run = tmp_path / "[lab] run"
+    res = _fsar("train", recipe, "--out", run, "--steps", 1)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "fsar train: tiny [v2] (frozen clipfsar)" in text and str(run) in text, res.output
+    res = _fsar("train", recipe, "--out", tmp_path / "[seeds]", "--seeds", 0, 1, "--steps", 1)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    for name in ("[seeds]/seed-0", "[seeds]/seed-1", f"-c {tmp_path / '[seeds]'}"):
+        assert name in text, (name, res.output)
+    # eval's tables (one per shot, then the summary) and the episode file it names
+    recipe = _eval_recipe(tmp_path / "eval")
+    recipe.write_text(recipe.read_text().replace("name: tiny", "name: tiny [v2]"))
+    episodes = tmp_path / "[eps].json"
+    res = _fsar("eval", recipe, "--head", "proto", "--shot", 1, 2)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "fsar eval: tiny [v2]" in text and "fsar eval: tiny [v2], proto" in text, res.output
+    res = _fsar("eval", recipe, "--head", "proto", "--save-episodes", episodes)
+    assert res.exit_code == 0, res.output
+    assert f"episodes written to {episodes}" in " ".join(res.output.split()), res.output
+
+
 def test_cache_refuses_a_frame_folder_with_a_gap(tmp_path: Path) -> None:
     from fsar_cli.features.store import FeatureStore
 
@@ -742,8 +793,6 @@ def test_refused_pickle_names_what_it_would_call(tmp_path: Path) -> None:
 def test_permission_error_is_not_called_corrupt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pandas as pd
-
     recipe = _eval_recipe(tmp_path)
 
     def denied(path: object, *a: object, **k: object) -> None:

@@ -39,7 +39,13 @@ def bench_table(result: BenchResult) -> tuple[Table, list[str]]:
             shots = ", ".join(dict.fromkeys(str(r.k_shot) for r in rows))
             heads = ", ".join(dict.fromkeys(r.head for r in rows))
             table.add_row(
-                rows[0].dataset, shots, heads, "", "[yellow]skipped[/]", "", escape(rows[0].note)
+                escape(rows[0].dataset),
+                shots,
+                escape(heads),
+                "",
+                "[yellow]skipped[/]",
+                "",
+                escape(rows[0].note),
             )
             table.add_section()
             continue
@@ -49,16 +55,16 @@ def bench_table(result: BenchResult) -> tuple[Table, list[str]]:
                     acc = f"[bold]{row.acc:.2f} ± {row.ci95:.2f}[/]"
                 else:
                     acc = "[yellow]skipped[/]" if row.status == "skipped" else "[red]error[/]"
-                enc = encoder_text(escape(row.encoder), row.encoder_random)
+                enc = encoder_text(row.encoder, row.encoder_random)  # escapes the name
                 eps = f"{row.n_episodes:,}" if row.n_episodes else ""
                 table.add_row(
-                    row.dataset, str(k), escape(row.head), enc, acc, eps, escape(row.note)
+                    escape(row.dataset), str(k), escape(row.head), enc, acc, eps, escape(row.note)
                 )
             for p in result.published:
                 if p.benchmark == rows[0].benchmark and p.k_shot == k:
                     ref = sources.setdefault(p.source, len(sources) + 1)
                     table.add_row(
-                        rows[0].dataset,
+                        escape(rows[0].dataset),
                         str(k),
                         f"[dim]{escape(p.method)}[/]",
                         f"[dim]{escape(p.backbone)}[/]",
@@ -161,7 +167,8 @@ def bench_command(
     for note in notes:
         console.print(note, markup=False, highlight=False)
     done = f"{result.n_ok} of {len(result.rows)} cells evaluated"
-    console.print(done + (f"; recorded in {result.db}" if result.db and result.n_ok else ""))
+    recorded = f"; recorded in {result.db}" if result.db and result.n_ok else ""
+    console.print(done + recorded, markup=False, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -25,11 +25,11 @@ __all__ = ["register", "cache"]
 def _render(result: Any) -> None:
     random = " [bold red]RANDOM WEIGHTS — not OpenAI CLIP[/]" if result.is_random else ""
     console.print(
-        f"encoder [bold]{result.encoder}[/]{random}  (weights SHA-256 "
-        f"{result.weights_sha256[:12]}…, {result.device})",
+        f"encoder [bold]{escape(result.encoder)}[/]{random}  (weights SHA-256 "
+        f"{result.weights_sha256[:12]}…, {escape(result.device)})",
         highlight=False,
     )
-    table = Table(title=f"feature cache {result.cache_dir}")
+    table = Table(title=escape(f"feature cache {result.cache_dir}"))
     for col in ("split", "videos", "ok", "failed", "missing", "seconds", "frames/s", "state"):
         table.add_column(col, justify="left" if col in ("split", "state") else "right")
     for s in result.splits.values():
@@ -41,7 +41,7 @@ def _render(result: Any) -> None:
             f"[yellow]{s.missing}[/]" if s.missing else "0",
             f"{s.seconds:.1f}",
             f"{s.frames_per_s:.1f}",
-            s.state,
+            escape(s.state),
         )
     console.print(table)
     for s in result.splits.values():
@@ -51,7 +51,7 @@ def _render(result: Any) -> None:
         if s.missing:
             console.print(
                 f"[yellow]{s.missing} {s.split} videos missing[/]: listed in "
-                f"{s.path / 'index.csv'} with status 'missing'",
+                f"{escape(str(s.path / 'index.csv'))} with status 'missing'",
                 highlight=False,
             )
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .console import cli_errors, console
@@ -62,7 +63,7 @@ def compare_command(
     first = frame.iloc[0]
     kind = "paired, same episodes" if result.paired else "UNPAIRED (Welch)"
     table = Table(
-        title=f"fsar compare: A = {first['method_a']}, B = {first['method_b']} ({kind})",
+        title=escape(f"fsar compare: A = {first['method_a']}, B = {first['method_b']} ({kind})"),
         title_justify="left",
     )
     for col, just in (
@@ -94,11 +95,15 @@ def compare_command(
         )
     console.print(table)
     ids = ", ".join(f"{int(r['eval_a'])} vs {int(r['eval_b'])}" for _, r in frame.iterrows())
-    console.print(f"eval ids {ids}; {first['benchmark']} / {first['split']}, seed {first['seed']}")
+    console.print(
+        f"eval ids {ids}; {first['benchmark']} / {first['split']}, seed {first['seed']}",
+        markup=False,
+        highlight=False,
+    )
     for note in result.notes:
-        console.print(f"[yellow]{note}[/]")
+        console.print(f"[yellow]{escape(note)}[/]")
     if out is not None:
-        console.print(f"wrote {len(frame)} rows to {out}")
+        console.print(f"wrote {len(frame)} rows to {out}", markup=False, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

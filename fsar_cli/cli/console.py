@@ -2,6 +2,11 @@
 
 Only the CLI layer imports this module: library code logs through ``logging`` and reports progress
 through an ``on_progress(n=1, *, total=None, label=None)`` callback.
+
+Every string that comes from the user or the data (class names such as SSv2's "Putting
+[something] into [something]", paths, recipe names, notes) goes into Rich output through
+:func:`rich.markup.escape` or with ``markup=False``: Rich would read ``[something]`` as a tag and
+drop it.
 """
 
 from __future__ import annotations
@@ -47,12 +52,14 @@ err_console = Console(stderr=True)
 
 
 def encoder_text(name: str, is_random: bool) -> str:
-    """How an encoder is named in every table: random and non-OpenAI weights are flagged."""
+    """How an encoder is named in every table (markup; the name escaped): random and non-OpenAI
+    weights are flagged."""
+    shown = escape(name)
     if is_random:
-        return f"{name} [bold red]RANDOM WEIGHTS[/] (random weights: not a real result)"
+        return f"{shown} [bold red]RANDOM WEIGHTS[/] (random weights: not a real result)"
     if name == OFFLINE_ENCODER_NAME:
-        return f"{name} (fsar's demo CLIP, [bold]not the OpenAI weights[/])"
-    return name
+        return f"{shown} (fsar's demo CLIP, [bold]not the OpenAI weights[/])"
+    return shown
 
 
 def debug_enabled() -> bool:
@@ -137,7 +144,7 @@ def _advance(
         if restart:  # a new total starts the bar afresh (one stage can run several jobs)
             kwargs["completed"] = 0
     if label is not None:
-        kwargs["status"] = label
+        kwargs["status"] = escape(label)  # a video's path, a recipe name: not markup
     bar.update(task, advance=n, **kwargs)  # type: ignore[arg-type]
 
 
@@ -145,7 +152,7 @@ def _advance(
 def progress(description: str, total: int | None = None) -> Iterator[ProgressFn]:
     """A Rich progress bar; yields the ``on_progress`` callback that library functions take."""
     with _new_bar() as bar:
-        task = bar.add_task(description, total=total, status="")
+        task = bar.add_task(escape(description), total=total, status="")
 
         def advance(n: int = 1, *, total: int | None = None, label: str | None = None) -> None:
             _advance(bar, task, n, total, label, restart=False)
@@ -167,7 +174,7 @@ def staged_progress() -> Iterator[tuple[Callable[[str, str], None], ProgressFn]]
             if current:
                 bar.update(current[-1], status="done")
                 bar.stop_task(current[-1])
-            current.append(bar.add_task(name, total=None, status=detail))
+            current.append(bar.add_task(escape(name), total=None, status=escape(detail)))
 
         def on_progress(n: int = 1, *, total: int | None = None, label: str | None = None) -> None:
             if current:

@@ -70,7 +70,7 @@ def check(
 
     what = "frame folders" if frames else "videos"
     for name in result.splits:
-        table = Table(title=f"{cfg.name} {name}: {what} under {result.root}")
+        table = Table(title=escape(f"{cfg.name} {name}: {what} under {result.root}"))
         table.add_column("class")
         for col in ("listed", "present", "missing", "undecodable"):
             table.add_column(col, justify="right")
@@ -179,22 +179,24 @@ def import_command(
                 workers=workers,
                 on_progress=advance,
             )
-    table = Table(title=f"fsar data import: {res.name}")
+    table = Table(title=escape(f"fsar data import: {res.name}"))
     for col in ("split", "classes", "videos"):
         table.add_column(col, justify="left" if col == "split" else "right")
     for split in ("train", "val", "test"):
         table.add_row(split, str(len(res.classes[split])), str(res.videos[split]))
     console.print(table)
     console.print(
-        f"recipe {res.recipe}; split files and classes.json in {res.out}", highlight=False
+        f"recipe {res.recipe}; split files and classes.json in {res.out}",
+        markup=False,
+        highlight=False,
     )
     if res.undecodable:
         err_console.print(
             f"[yellow]{len(res.undecodable)} videos do not decode and are left out[/] "
-            f"(listed in {res.out / 'undecodable.csv'}):"
+            f"(listed in {escape(str(res.out / 'undecodable.csv'))}):"
         )
         for path, why in res.undecodable[:20]:
-            err_console.print(f"  {path}: {why}", highlight=False)
+            err_console.print(f"  {path}: {why}", markup=False, highlight=False)
         if len(res.undecodable) > 20:
             err_console.print(f"  ... and {len(res.undecodable) - 20} more", highlight=False)
     n = res.name
@@ -203,11 +205,14 @@ def import_command(
         f"fsar train {n}",
         f"fsar eval {n} --shot 1",
     ]
-    console.print("next: " + " && ".join(steps), highlight=False)
+    console.print("next: " + " && ".join(steps), markup=False, highlight=False)
     if not res.on_search_path:
         console.print(
-            f"[yellow]note[/]: {res.recipe.parent} is searched only from {res.recipe.parent.parent}"
-            f"; elsewhere set FSAR_RECIPES={res.recipe.parent}",
+            "[yellow]note[/]: "
+            + escape(
+                f"{res.recipe.parent} is searched only from {res.recipe.parent.parent}; "
+                f"elsewhere set FSAR_RECIPES={res.recipe.parent}"
+            ),
             highlight=False,
         )
 

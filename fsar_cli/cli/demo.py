@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -64,7 +65,7 @@ def _render(res: Any) -> None:
     desc = res.encoder_note
     if desc.startswith(f"{res.encoder}:"):
         desc = desc[len(res.encoder) + 1 :].strip()
-    note = f"[bold]{res.encoder}[/]: {desc}"
+    note = f"[bold]{escape(res.encoder)}[/]: {escape(desc)}"
     if res.encoder_zero_shot:
         zs = res.encoder_zero_shot
         chance = zs.get("chance", {})
@@ -92,7 +93,7 @@ def _render(res: Any) -> None:
             r = next(r for r in res.rows if r.head == head and r.k_shot == k)
             cells.append(f"{r.acc_mean:.1f} ± {r.acc_ci95:.1f}")
             note = r.note
-        table.add_row(head, *cells, note)
+        table.add_row(escape(head), *cells, escape(note))
     console.print(table)
 
     lines = []
@@ -111,9 +112,13 @@ def _render(res: Any) -> None:
     timing = ", ".join(f"{k} {v:.0f}s" for k, v in secs.items() if k != "total")
     console.print(f"time: {secs.get('total', 0):.0f}s ({timing})", highlight=False)
     if res.reused:
-        console.print(f"reused from an earlier run: {', '.join(res.reused)}", highlight=False)
+        console.print(
+            f"reused from an earlier run: {', '.join(res.reused)}", markup=False, highlight=False
+        )
     console.print(
-        f"table written to {res.csv_path}; everything else is in {res.out_dir}/", highlight=False
+        f"table written to {res.csv_path}; everything else is in {res.out_dir}/",
+        markup=False,
+        highlight=False,
     )
 
 

@@ -45,13 +45,13 @@ def result_table(r: EvalResult, title: str = "fsar eval") -> Table:
     table.add_row("dataset / split", escape(f"{r.dataset} / {r.split}"))
     table.add_row("protocol", f"{r.n_way}-way {r.k_shot}-shot, {r.n_query} query per class")
     table.add_row("episodes", escape(f"{r.n_episodes:,} ({r.episodes_source}), seed {r.seed}"))
-    table.add_row("head", r.head)
+    table.add_row("head", escape(r.head))
     table.add_row("encoder", encoder_text(r.encoder, r.encoder_random))
-    table.add_row("sampling", r.sampling)
+    table.add_row("sampling", escape(r.sampling))
     table.add_row("checkpoint", escape(r.checkpoint or "none (untrained baseline)"))
     table.add_row("missing videos", f"[yellow]{escape(r.missing)}[/]" if r.missing else "none")
     table.add_row("cache", escape(r.store))
-    table.add_row("device / time", f"{r.device} / {r.elapsed_s:.1f} s")
+    table.add_row("device / time", escape(f"{r.device} / {r.elapsed_s:.1f} s"))
     if r.eval_id is not None:
         table.add_row("recorded", escape(f"eval_id {r.eval_id} in {r.db}"))
     return table
@@ -183,14 +183,16 @@ def eval_command(
     if not d.is_main:
         return
     if precision != "fp32":
-        console.print(f"[yellow]computed in {precision}[/]: numbers differ slightly from fp32")
+        console.print(
+            f"[yellow]computed in {escape(precision)}[/]: numbers differ slightly from fp32"
+        )
     for result in results:
         console.print(result_table(result))
     if len(results) > 1:
         console.print(summary_table(results))
     errors = [e for r in results for e in r.record_errors]
     if save_episodes is not None and not any(e.startswith("episode list") for e in errors):
-        console.print(f"episodes written to {save_episodes}")
+        console.print(f"episodes written to {save_episodes}", markup=False, highlight=False)
     for text in errors:  # after the numbers: a failed write never hides them
         err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
     if errors:
@@ -209,19 +211,23 @@ def eval_command(
                         tag = f"-{run}{tag}"
                     path = plot.with_name(f"{plot.stem}{tag}{plot.suffix or '.png'}")
                 plot_classes(result.eval_id, path, db=result.db)
-                console.print(f"class plot of eval_id {result.eval_id} written to {path}")
+                console.print(
+                    f"class plot of eval_id {result.eval_id} written to {path}",
+                    markup=False,
+                    highlight=False,
+                )
 
 
 def summary_table(results: list[EvalResult]) -> Table:
     """One line per evaluation of a multi-shot / multi-seed ``fsar eval``."""
-    table = Table(title=f"fsar eval: {results[0].recipe}, {results[0].head}")
+    table = Table(title=escape(f"fsar eval: {results[0].recipe}, {results[0].head}"))
     for col in ("shot", "run", "accuracy (95% CI)", "eval_id"):
         table.add_column(col, justify="right" if col != "run" else "left")
     for r in results:
         run = Path(r.checkpoint).parent.name if r.checkpoint else "-"
         table.add_row(
             str(r.k_shot),
-            run,
+            escape(run),
             f"{100 * r.mean:.2f} ± {100 * r.ci95:.2f} %",
             "-" if r.eval_id is None else str(r.eval_id),
         )

@@ -102,7 +102,7 @@ def extract(
             data = dataclasses.replace(cfg.data, frames_root=str(out))
             write_resolved(dataclasses.replace(cfg, data=data), out, argv=sys.argv)
 
-    table = Table(title=f"fsar extract -> {out}")
+    table = Table(title=escape(f"fsar extract -> {out}"))
     for col in ("extracted", "skipped (complete)", "failed", "frames written", "warnings"):
         table.add_column(col, justify="right")
     table.add_row(
@@ -118,7 +118,9 @@ def extract(
             err_console.print(f"[red]failed[/] {escape(f'{f.path}: {f.reason}')}", highlight=False)
         if len(result.failed) > 5:
             err_console.print(f"... and {len(result.failed) - 5} more", highlight=False)
-        err_console.print(f"failures listed in {result.failures_file}", highlight=False)
+        err_console.print(
+            f"failures listed in {result.failures_file}", markup=False, highlight=False
+        )
         raise typer.Exit(code=1)
 
 

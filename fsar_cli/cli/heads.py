@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .console import cli_errors, console
@@ -25,7 +26,10 @@ def heads() -> None:
     yes_no = {True: "yes", False: "no"}
     for row in rows:
         table.add_row(
-            row["name"], yes_no[row["trainable"]], yes_no[row["uses_text"]], row["description"]
+            escape(row["name"]),
+            yes_no[row["trainable"]],
+            yes_no[row["uses_text"]],
+            escape(row["description"]),
         )
     console.print(table)
 
@@ -53,19 +57,21 @@ def import_checkpoint(
 
         result = import_reference_checkpoint(path, out, trust=trust, overwrite=overwrite)
     info = result.info
-    table = Table(title=f"imported {result.source}", show_header=False)
+    table = Table(title=escape(f"imported {result.source}"), show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value")
     table.add_row("head", f"clipfsar, D={info['dim']}, FFN {info['ffn_dim']}")
     table.add_row("parameters", f"{result.num_params:,} in {info['head_keys']} tensors")
     table.add_row("epoch", str(info["epoch"]))
-    table.add_row("merge before", f"{info['merge_before']} (from {info['merge_before_source']})")
+    table.add_row(
+        "merge before", escape(f"{info['merge_before']} (from {info['merge_before_source']})")
+    )
     table.add_row("visual tower", f"{info['tower_keys']} tensors" if info["tower_keys"] else "none")
     if info["ignored_keys"]:
-        table.add_row("ignored keys", ", ".join(info["ignored_keys"][:8]))
-    table.add_row("wrote", str(result.out))
+        table.add_row("ignored keys", escape(", ".join(info["ignored_keys"][:8])))
+    table.add_row("wrote", escape(str(result.out)))
     if result.tower_out is not None:
-        table.add_row("wrote tower", str(result.tower_out))
+        table.add_row("wrote tower", escape(str(result.tower_out)))
     console.print(table)
 
 

@@ -37,7 +37,7 @@ OverwriteOpt = Annotated[
 
 
 def _done(result: PlotResult, what: str) -> None:
-    console.print(f"wrote {what} to {result.path}")
+    console.print(f"wrote {what} to {result.path}", markup=False, highlight=False)
 
 
 @plot_app.command("shots")
@@ -75,7 +75,9 @@ def classes_command(
     best, worst = res.data.iloc[0], res.data.iloc[-1]
     console.print(
         f"{len(res.data)} classes; best {best['class_name']} {best['accuracy']:.1f}%, "
-        f"worst {worst['class_name']} {worst['accuracy']:.1f}%"
+        f"worst {worst['class_name']} {worst['accuracy']:.1f}%",
+        markup=False,  # SSv2 class names hold [something]
+        highlight=False,
     )
     _done(res, "the class plot")
 

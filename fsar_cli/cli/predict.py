@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .console import cli_errors, console, encoder_text, err_console, progress
@@ -210,18 +211,21 @@ def predict_command(
                         runs.to_csv(tmp, index=False, float_format="%.6g")
 
     attrs = table.attrs
-    console.print(f"[bold]fsar predict[/]: {_classes_text(attrs)}; head {attrs['head']}")
+    # class names (SSv2: "Putting [something] into [something]") and paths are not markup
+    head_text = escape(f"{_classes_text(attrs)}; head {attrs['head']}")
+    console.print(f"[bold]fsar predict[/]: {head_text}")
     console.print(f"encoder: {encoder_text(attrs['encoder'], attrs['encoder_random'])}")
-    console.print(f"settings from {attrs['settings']}", highlight=False)
+    console.print(f"settings from {attrs['settings']}", markup=False, highlight=False)
     if save is not None:
-        console.print(f"classes written to {save}")
+        console.print(f"classes written to {save}", markup=False, highlight=False)
     if not len(table):
         return
     ok = table["status"] == "ok"
     if show > 0:
         console.print(_table(table.head(show), attrs["classes"], top_k, windows=runs is not None))
         if len(table) > show:
-            console.print(f"... {len(table) - show} more rows" + (f" in {out}" if out else ""))
+            more = f"... {len(table) - show} more rows" + (f" in {out}" if out else "")
+            console.print(more, markup=False, highlight=False)
     if runs is not None and show > 0 and len(runs):
         console.print(_runs_table(runs.head(show), attrs["window"]))
         if len(runs) > show:
@@ -232,12 +236,16 @@ def predict_command(
             if runs is not None and out.suffix.lower() == ".csv"
             else ""
         )
-        console.print(f"{int(ok.sum())} predictions with every class's score written to {where}")
+        console.print(
+            f"{int(ok.sum())} predictions with every class's score written to {where}",
+            markup=False,
+            highlight=False,
+        )
     bad = table[~ok].drop_duplicates("query")
     if len(bad):
         err_console.print(f"[red]{len(bad)} failed[/] (the others are predicted):")
         for q, reason in zip(bad["query"], bad["reason"], strict=True):
-            err_console.print(f"  {q}: {reason}", highlight=False)
+            err_console.print(f"  {q}: {reason}", markup=False, highlight=False)
     if not ok.any():
         raise typer.Exit(code=1)
 
@@ -272,7 +280,7 @@ def _table(rows: pd.DataFrame, classes: list[str], top_k: int, windows: bool) ->
         t.add_column("margin", justify="right")
     probs = rows[[f"prob:{c}" for c in classes]].to_numpy()
     for r, p in zip(rows.itertuples(index=False), probs, strict=True):
-        cells = [str(r.key)]
+        cells = [escape(str(r.key))]
         if windows:
             if r.status != "ok":
                 cells.append("")
@@ -285,7 +293,9 @@ def _table(rows: pd.DataFrame, classes: list[str], top_k: int, windows: bool) ->
         else:
             order = np.argsort(-p, kind="stable")[:k]
             cells += [
-                f"[bold]{classes[j]}[/] {p[j]:.2f}" if n == 0 else f"{classes[j]} {p[j]:.2f}"
+                f"[bold]{escape(classes[j])}[/] {p[j]:.2f}"
+                if n == 0
+                else f"{escape(classes[j])} {p[j]:.2f}"
                 for n, j in enumerate(order)
             ]
             if len(classes) > 1:
@@ -295,7 +305,7 @@ def _table(rows: pd.DataFrame, classes: list[str], top_k: int, windows: bool) ->
 
 
 def _runs_table(runs: pd.DataFrame, window: str) -> Table:
-    t = Table(title=f"runs of the same top class (windows of {window})")
+    t = Table(title=escape(f"runs of the same top class (windows of {window})"))
     for col in ("query", "from", "to", "class", "windows", "mean score"):
         t.add_column(col, justify="left" if col in ("query", "class") else "right")
     for r in runs.itertuples(index=False):
@@ -303,7 +313,9 @@ def _runs_table(runs: pd.DataFrame, window: str) -> Table:
             a, b = f"frame {r.start_frame}", f"{r.end_frame}"
         else:
             a, b = f"{r.start_s:.1f}s", f"{r.end_s:.1f}s"
-        t.add_row(str(r.key), a, b, str(r.label), str(r.windows), f"{r.mean_prob:.2f}")
+        t.add_row(
+            escape(str(r.key)), a, b, escape(str(r.label)), str(r.windows), f"{r.mean_prob:.2f}"
+        )
     return t
 
 

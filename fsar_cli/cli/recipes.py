@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 
@@ -33,12 +34,12 @@ def recipes_list(ctx: typer.Context) -> None:
             r = load_recipe(path)
             c = r.data.classes
             table.add_row(
-                name,
-                r.dataset,
+                escape(name),
+                escape(r.dataset),
                 f"{len(c.train)}/{len(c.val)}/{len(c.test)}",
-                r.features.encoder,
-                r.model.head,
-                _short(path),
+                escape(r.features.encoder),
+                escape(r.model.head),
+                escape(_short(path)),
             )
     console.print(table)
 
@@ -51,7 +52,7 @@ def recipes_show(
     """Print one recipe with every key resolved (defaults filled in, overrides applied)."""
     with cli_errors():
         recipe = load_recipe(name, overrides or [])
-    console.print(f"# {recipe.source_path}", style="dim", highlight=False)
+    console.print(f"# {recipe.source_path}", style="dim", markup=False, highlight=False)
     console.print(Syntax(dump_recipe(recipe), "yaml", word_wrap=True))
 
 

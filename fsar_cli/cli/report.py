@@ -59,7 +59,9 @@ def report_command(
         acc = 100 * frame["correct"].mean()
         console.print(
             f"wrote {len(frame):,} predictions of eval_id {predictions} "
-            f"({frame['episode'].nunique():,} episodes, accuracy {acc:.2f}%) to {out}"
+            f"({frame['episode'].nunique():,} episodes, accuracy {acc:.2f}%) to {out}",
+            markup=False,
+            highlight=False,
         )
         return
     with cli_errors():
@@ -77,7 +79,9 @@ def report_command(
     if result.fmt == "markdown" and result.path is None:
         console.print(result.text, markup=False, highlight=False, soft_wrap=True)
     else:
-        console.print(f"wrote {len(result.frame)} results to {result.path}")
+        console.print(
+            f"wrote {len(result.frame)} results to {result.path}", markup=False, highlight=False
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .console import cli_errors, console, err_console, progress
@@ -24,7 +25,7 @@ def _table(title: str, checks: list) -> Table:
     for c in checks:
         colour = "green" if c.ok else "red"
         sha = (c.actual or "-")[:16]
-        table.add_row(c.name, c.file, f"[{colour}]{c.status}[/]", sha)
+        table.add_row(escape(c.name), escape(c.file), f"[{colour}]{escape(c.status)}[/]", sha)
     return table
 
 
@@ -59,7 +60,7 @@ def download(
             for n in names:
                 checks += download_splits(n, dest, base_url=base_url, force=force, on_progress=step)
     console.print(_table("fsar splits download", checks))
-    console.print(f"split files in {checks[0].path.parent.parent}", highlight=False)
+    console.print(f"split files in {checks[0].path.parent.parent}", markup=False, highlight=False)
 
 
 @app.command("verify")
@@ -83,7 +84,8 @@ def verify(
     if bad:
         for c in bad:
             err_console.print(
-                f"[red]{c.status}[/] {c.path}: expected {c.expected}, got {c.actual or 'no file'}",
+                f"[red]{escape(c.status)}[/] "
+                + escape(f"{c.path}: expected {c.expected}, got {c.actual or 'no file'}"),
                 highlight=False,
             )
         raise typer.Exit(code=1)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .console import cli_errors, console, progress
@@ -60,15 +61,16 @@ def synth(
             scores = evaluate_offline_encoder(weights)
 
     verb = "reused (same settings)" if result.reused else "rendered"
-    table = Table(title=f"fsar synth -> {result.root} ({verb})")
+    table = Table(title=escape(f"fsar synth -> {result.root} ({verb})"))
     for col in ("split", "classes", "videos", "example class"):
         table.add_column(col, justify="left" if col in ("split", "example class") else "right")
     for split, names in result.classes.items():
-        table.add_row(split, str(len(names)), str(result.videos[split]), names[0])
+        table.add_row(split, str(len(names)), str(result.videos[split]), escape(names[0]))
     console.print(table)
     console.print(
         f"split files in {result.split_dir}; each class id 2p+1 is class 2p played backwards. "
         f"Frames {size}x{size}, {frames} per video, seed {seed}.",
+        markup=False,
         highlight=False,
     )
     if scores is not None:
@@ -89,7 +91,9 @@ def _print_encoder(weights: Path, scores: dict[str, Any]) -> None:
     console.print(table)
     seconds = stats.get("train_seconds")
     trained = f", trained in {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
-    console.print(f"{OFFLINE_ENCODER_DESCRIPTION}\nweights: {weights}{trained}", highlight=False)
+    console.print(
+        f"{OFFLINE_ENCODER_DESCRIPTION}\nweights: {weights}{trained}", markup=False, highlight=False
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .console import cli_errors, console, encoder_text, progress
@@ -150,7 +151,7 @@ def train(
             distributed.shutdown()
     if not d.is_main:
         return
-    table = Table(title=f"fsar train: {cfg.name} ({what})", show_header=False)
+    table = Table(title=escape(f"fsar train: {cfg.name} ({what})"), show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
     sel = result.selected_on
@@ -171,8 +172,8 @@ def train(
             f"(step {result.best_step})",
         )
     table.add_row("encoder", encoder_text(result.encoder, result.encoder_random))
-    table.add_row("device / time", f"{result.device} / {result.seconds:.1f} s")
-    table.add_row("run folder", str(result.out_dir))
+    table.add_row("device / time", escape(f"{result.device} / {result.seconds:.1f} s"))
+    table.add_row("run folder", escape(str(result.out_dir)))
     console.print(table)
 
 
@@ -219,7 +220,7 @@ def _train_seeds(
             )
     if not is_main:
         return
-    table = Table(title=f"fsar train: {len(seeds)} seeds into {out}")
+    table = Table(title=escape(f"fsar train: {len(seeds)} seeds into {out}"))
     for col in ("seed", "steps", "best val acc", "run folder"):
         table.add_column(col)
     for seed, r in zip(seeds, results, strict=True):
@@ -229,10 +230,14 @@ def _train_seeds(
             str(seed),
             f"{doc.get('steps_done')} / {doc.get('steps_total')}",
             "-" if best is None else f"{100 * best:.2f} (step {doc.get('best_step')})",
-            str(out / f"seed-{seed}"),
+            escape(str(out / f"seed-{seed}")),
         )
     console.print(table)
-    console.print(f"evaluate every seed on the same episodes: fsar eval RECIPE -c {out}")
+    console.print(
+        f"evaluate every seed on the same episodes: fsar eval RECIPE -c {out}",
+        markup=False,
+        highlight=False,
+    )
 
 
 def register(app: typer.Typer) -> None:
