@@ -28,7 +28,7 @@ import pandas as pd
 
 from . import atomic
 from .ownership import claim
-from .recipe import ClassesCfg, Recipe, load_recipe, write_resolved
+from .recipe import SPLITS, ClassesCfg, Recipe, load_recipe, write_resolved
 
 __all__ = ["DemoRow", "DemoResult", "run_demo", "DEMO_HEADS", "TRAINED_HEADS", "DEMO_COLUMNS"]
 
@@ -385,8 +385,12 @@ def run_demo(
     t = stage("cache", f"features into {cache_dir}")
     if state.changed("cache", cache_key):
         _forget(cache_dir, out, "the videos, the encoder or the feature settings")
-    cache_features(recipe, device=device, on_progress=on_progress)
-    state.set("cache", cache_key)
+    finished = all((cache_dir / split / "meta.json").is_file() for split in SPLITS)
+    if state.changed("cache", cache_key) or not finished:
+        cache_features(recipe, device=device, on_progress=on_progress)
+        state.set("cache", cache_key)
+    else:  # made with these very settings and assembled: not even the encoder is needed
+        reused.append("cache")
     stage_s["cache"] = time.perf_counter() - t
 
     # 5. meta-train the two CLIP-FSAR variants (with and without the text token)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -36,17 +38,21 @@ def test_reduced_demo_shows_the_point_of_the_method(tmp_path) -> None:
         # every test class has its time-reversed twin: aligning frames in time must win clearly
         _beats(table, "otam", "proto", k)
         assert _acc(table, "proto", k)[0] > 20.0 + 2 * _acc(table, "proto", k)[1]  # above chance
-    # meta-training the CLIP-FSAR head beats the untrained OTAM baseline: clearly at 1-shot; at
-    # 5-shot this reduced run (8 videos per class, 100 steps) leaves a gap inside the CIs (the
-    # code before the redesign, 24bd774, measured 96.06 ± 0.54 vs 95.22 ± 0.57), so there it
-    # must only not lose
-    _beats(table, "clipfsar", "otam", 1)
-    assert _acc(table, "clipfsar", 5)[0] >= _acc(table, "otam", 5)[0]
+    # the three components of CLIP-FSAR, each beyond the sum of the two CIs at 1-shot: temporal
+    # alignment (above), meta-training the head (it learns to discount the colour, shape and
+    # background that the encoder's features also carry), and the class-text token (one support
+    # is often jittered or occluded; the class name says where the path runs)
+    _beats(table, "clipfsar-notext", "otam", 1)
+    _beats(table, "clipfsar", "clipfsar-notext", 1)
+    # validation is not saturated, so selecting the checkpoint on it means something
+    for head in ("clipfsar-notext", "clipfsar"):
+        summary = json.loads((out / "runs" / head / "summary.json").read_text())
+        assert summary["best_val_acc"] < 0.99, (head, summary["best_val_acc"])
 
     # a rerun reuses every finished stage and reproduces the table exactly
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
-    assert "reused from an earlier run: synth, extract, train clipfsar-notext" in again.output
+    assert "reused from an earlier run: synth, extract, cache, train clipfsar-notext" in again.output
     pd.testing.assert_frame_equal(pd.read_csv(out / "demo_results.csv"), table)
 
 

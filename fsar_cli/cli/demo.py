@@ -75,6 +75,12 @@ def _render(res: Any) -> None:
             if k in zs
         ]
         note += "\nzero-shot on held-out captioned frames: " + ", ".join(parts)
+        if "path" in zs:
+            note += (
+                f"\nzero-shot on held-out clips: motion {100 * zs['motion']:.1f}% "
+                f"(chance {100 * chance.get('motion', 0):.1f}%), path either way "
+                f"{100 * zs['path']:.1f}% (chance {100 * chance.get('path', 0):.1f}%)"
+            )
     console.print(Panel(note, title="encoder", expand=False))
 
     shots = sorted({r.k_shot for r in res.rows})

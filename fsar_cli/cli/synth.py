@@ -84,8 +84,11 @@ def _print_encoder(weights: Path, scores: dict[str, Any]) -> None:
     table = Table(title="offline demo encoder: zero-shot accuracy on held-out frames")
     for col in ("attribute", "accuracy", "chance"):
         table.add_column(col, justify="left" if col == "attribute" else "right")
-    for name in ("position", "size", "colour", "full"):
-        label = "full caption" if name == "full" else name
+    labels = {"full": "full caption", "motion": "motion (clips)", "path": "path, either way"}
+    for name in ("position", "size", "colour", "full", "motion", "path"):
+        if name not in scores:
+            continue
+        label = labels.get(name, name)
         acc, chance = 100 * float(scores[name]), 100 * float(scores["chance"][name])
         table.add_row(label, f"{acc:.1f}%", f"{chance:.1f}%")
     console.print(table)

@@ -6,12 +6,17 @@ same class and code path as the real weights, text tower included), trained on s
 frames from :mod:`fsar_cli.data.synth` captioned like "a big red shape at the top left":
 
 1. the image tower learns to classify the object's position (3x3 grid), size and colour (linear
-   heads, thrown away afterwards); colour gets a small weight, since it is a nuisance for the demo's
-   actions and must not dominate the cosine between frames;
+   heads, thrown away afterwards); colour gets a smaller weight than position, but enough that it
+   stays a sizeable part of the features, as appearance is in real CLIP features: a few-shot head
+   has to learn to discount it;
 2. the text tower is trained with CLIP's contrastive image-to-caption loss against the frozen image
    tower ("LiT", Zhai et al. 2022): each image is matched against every caption of the set, for the
    full caption and for each attribute alone ("a shape at the top left", "a red shape", "a big
-   shape").
+   shape"), and each rendered clip (mean of its frame features, as the video-text loss takes it)
+   against every motion caption ("a shape moving from the top left to the top right"): the words of
+   the synthetic class names, as real CLIP learned the words of real ones from web captions. A
+   clip and its reversed twin have the same frames, so the text tower can learn where a motion
+   runs, never which way.
 
 Its image features encode where the object is and how big it is, which is what makes the frames of
 a motion differ over time; :func:`evaluate_offline_encoder` measures its zero-shot accuracy per
@@ -49,7 +54,7 @@ import torch.nn.functional as F
 
 from .. import atomic
 from ..data.preprocess import preprocess_frames
-from ..data.synth import PALETTE, render_still, sample_params
+from ..data.synth import CATALOGUE, PALETTE, SynthClass, render_clip, render_still, sample_params
 from ..errors import EncoderError
 from . import OFFLINE_ENCODER_NAME
 
@@ -71,9 +76,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OFFLINE_ENCODER_DESCRIPTION = (
-    "offline-demo: a tiny CLIP (ViT, 48x48 px input, patch 8) that fsar trains itself in about a "
-    "minute on synthetic frames of coloured shapes; NOT the OpenAI CLIP weights, only meaningful "
-    "on `fsar synth` data"
+    "offline-demo: a tiny CLIP (ViT, 48x48 px input, patch 8) that fsar trains itself in under a "
+    "minute on captioned synthetic frames and clips of coloured shapes; NOT the OpenAI CLIP "
+    "weights, only meaningful on `fsar synth` data"
 )
 
 #: 3x3 grid of positions: (name, column, row); the frame is cut into thirds.
@@ -91,7 +96,7 @@ POSITIONS = (
 COLOURS = tuple(PALETTE)
 SIZES = ("small", "medium", "big")
 _SIZE_EDGES = (0.075, 0.12)  # object radius (fraction of the frame) between the size words
-_FORMAT_VERSION = 1  # part of the config hash: bump it when training or rendering code changes
+_FORMAT_VERSION = 2  # part of the config hash: bump it when training or rendering code changes
 
 
 @dataclass(frozen=True)
@@ -108,13 +113,15 @@ class OfflineEncoderConfig:
     context_length: int = 77  # as OpenAI's: clip.tokenize's default works unchanged
     frame_size: int = 64  # frames are rendered at this size, then resized like the cache does
     pool: int = 4096  # training frames rendered once
+    clip_pool: int = 1024  # training clips (motion captions) rendered once
+    clip_frames: int = 8  # frames per training clip, as the cache samples a video
     image_steps: int = 250
     text_steps: int = 100
     batch_size: int = 128
     text_batch_size: int = 256
     # stage-1 loss weight of each attribute (position, colour, size): colour is a nuisance for the
     # demo's actions, so it is learned with a small weight and stays a minor part of the features
-    loss_weights: tuple[float, float, float] = (2.0, 0.05, 1.0)
+    loss_weights: tuple[float, float, float] = (2.0, 0.3, 1.0)
     lr: float = 2e-3
     warmup: int = 30
     weight_decay: float = 0.01
@@ -194,6 +201,27 @@ def _render_frames(n: int, seed: int, frame_size: int) -> tuple[np.ndarray, np.n
     return frames, labels
 
 
+def _motion_captions() -> list[str]:
+    """The caption of every synthetic motion: index 2p is pair p forwards, 2p+1 backwards."""
+    return [name for m in CATALOGUE for name in (m.name, m.rev_name)]
+
+
+def _render_clips(
+    n: int, seed: int, frame_size: int, num_frames: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` captioned clips: uint8 ``[n, T, S, S, 3]`` and the motion index (caption) ``[n]``."""
+    rng = np.random.default_rng([seed, 11])
+    clips = np.empty((n, num_frames, frame_size, frame_size, 3), np.uint8)
+    labels = np.empty(n, np.int64)
+    for i in range(n):
+        k = int(rng.integers(2 * len(CATALOGUE)))
+        cls = SynthClass("", "", k // 2, bool(k % 2))
+        params = dataclasses.replace(sample_params(rng), occluder=None)  # captions see the motion
+        clips[i] = render_clip(cls, params, num_frames=num_frames, size=frame_size)
+        labels[i] = k
+    return clips, labels
+
+
 def _prompts() -> tuple[list[str], dict[str, slice]]:
     """All captions, and the slice of each family: full caption, position, colour, size."""
     full = [
@@ -204,6 +232,7 @@ def _prompts() -> tuple[list[str], dict[str, slice]]:
         "position": [f"a shape at {p[0]}" for p in POSITIONS],
         "colour": [f"a {c} shape" for c in COLOURS],
         "size": [f"a {s} shape" for s in SIZES],
+        "motion": _motion_captions(),
     }
     texts: list[str] = []
     slices: dict[str, slice] = {}
@@ -336,7 +365,15 @@ def train_offline_encoder(
         model.eval()
         with torch.no_grad():
             img_all = F.normalize(model.encode_image(images), dim=-1)  # [pool, E]
+            clips, motion = _render_clips(
+                cfg.clip_pool, cfg.seed, cfg.frame_size, cfg.clip_frames
+            )  # [C, T, S, S, 3], [C]
+            flat = _encoder_input(clips.reshape(-1, *clips.shape[2:]), cfg.image_resolution)
+            per_frame = model.encode_image(flat).reshape(len(clips), cfg.clip_frames, -1)
+            clip_all = F.normalize(per_frame.mean(dim=1), dim=-1)  # [C, E] as the video-text loss
+        motion_labels = torch.from_numpy(motion)
         texts, slices = _prompts()
+        still = {k: v for k, v in slices.items() if k != "motion"}
         tokens = _tokenize(texts, cfg.context_length)  # [P, context]
         n_ctx = int(tokens.argmax(dim=-1).max()) + 1
         # Only the ~30 vocabulary rows the captions use get gradients. Training them in a small
@@ -359,7 +396,10 @@ def train_offline_encoder(
             txt = F.normalize(_encode_text_short(model, tokens, table[local]), dim=-1)  # [P, E]
             logits = model.logit_scale.exp().clamp(max=100.0) * img_all[idx] @ txt.T  # [B, P]
             targets = _family_targets(labels[idx])
-            loss = sum(F.cross_entropy(logits[:, sl], targets[name]) for name, sl in slices.items())
+            loss = sum(F.cross_entropy(logits[:, sl], targets[name]) for name, sl in still.items())
+            cdx = torch.randint(len(clip_all), (cfg.text_batch_size,), generator=gen)
+            clip_logits = model.logit_scale.exp().clamp(max=100.0) * clip_all[cdx] @ txt.T
+            loss = loss + F.cross_entropy(clip_logits[:, slices["motion"]], motion_labels[cdx])
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[union-attr]
             opt.step()
@@ -467,9 +507,23 @@ def evaluate_offline_encoder(path: str | Path, n: int = 1000, seed: int = 12345)
     out: dict[str, Any] = {}
     chance: dict[str, float] = {}
     for name, sl in slices.items():
+        if name == "motion":
+            continue
         pred = sims[:, sl].argmax(dim=1)
         out[name] = round(float((pred == targets[name]).float().mean()), 4)
         chance[name] = round(1.0 / (sl.stop - sl.start), 4)
+    # motions: clips (mean frame feature) against every motion caption; a clip and its reversed
+    # twin have the same frames, so "path" counts either twin as right and "motion" only the exact
+    n_clips = max(1, n // 4)
+    clips, motion = _render_clips(n_clips, seed, DEFAULT_CONFIG.frame_size, 8)
+    flat = _encoder_input(clips.reshape(-1, *clips.shape[2:]), res)
+    vid = F.normalize(model.encode_image(flat).reshape(n_clips, 8, -1).mean(dim=1), dim=-1)
+    pred_m = (vid @ txt[slices["motion"]].T).argmax(dim=1)
+    truth = torch.from_numpy(motion)
+    out["motion"] = round(float((pred_m == truth).float().mean()), 4)
+    out["path"] = round(float((pred_m // 2 == truth // 2).float().mean()), 4)
+    n_motion = slices["motion"].stop - slices["motion"].start
+    chance["motion"], chance["path"] = round(1 / n_motion, 4), round(2 / n_motion, 4)
     out["chance"] = chance
     out["n"] = n
     return out

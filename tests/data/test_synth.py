@@ -93,7 +93,7 @@ def test_mjpg_video_of_a_reversed_clip_decodes_to_the_reversed_frames(tmp_path: 
 
 
 def test_split_files_in_reference_format(small) -> None:
-    pairs = {"train": 8, "val": 3, "test": 5}
+    pairs = {"train": 28, "val": 3, "test": 5}
     names = json.loads((small.root / "classes.json").read_text())
     folders = {}
     for split, n_pairs in pairs.items():
@@ -113,7 +113,7 @@ def test_split_files_in_reference_format(small) -> None:
     assert not folders["train"] & folders["test"]
     assert not folders["val"] & folders["test"]
     first = (small.split_dir / "test_few_shot.txt").read_text().splitlines()[0]
-    assert first == "test0//videos/LeftToRight/LeftToRight_001.avi"
+    assert first == "test0//videos/TopLeftToTopRight/TopLeftToTopRight_001.avi"
 
 
 def test_splits_are_made_of_reversed_pairs(small) -> None:
@@ -124,8 +124,8 @@ def test_splits_are_made_of_reversed_pairs(small) -> None:
             (_, pair_a, rev_a), (_, pair_b, rev_b) = classes[cid], classes[cid + 1]
             assert pair_a == pair_b and rev_a is False and rev_b is True, (split, cid)
     assert small.classes["test"][:2] == [
-        "a shape moving from left to right",
-        "a shape moving from right to left",
+        "a shape moving from the top left to the top right",
+        "a shape moving from the top right to the top left",
     ]
 
 
@@ -143,7 +143,7 @@ def test_same_seed_same_dataset_other_seed_other_frames(small, tmp_path: Path) -
     assert (again.root / "classes.json").read_bytes() == (small.root / "classes.json").read_bytes()
     ref = _frames_of(small.root)
     got = _frames_of(again.root)
-    assert ref.keys() == got.keys() and len(ref) == 64
+    assert ref.keys() == got.keys() and len(ref) == 144
     for key in ref:
         np.testing.assert_array_equal(got[key], ref[key])
     other = _frames_of(render_dataset(tmp_path / "c", seed=1, **SMALL).root)
@@ -177,7 +177,7 @@ def test_bad_sizes_are_data_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="videos_per_class"):
         render_dataset(tmp_path / "x", videos_per_class=1)
     with pytest.raises(DataError, match="motion pairs"):
-        render_dataset(tmp_path / "x", n_train_pairs=20)
+        render_dataset(tmp_path / "x", n_train_pairs=29)
     with pytest.raises(DataError, match=">= 2 frames"):
         render_dataset(tmp_path / "x", num_frames=1)
     assert not (tmp_path / "x").exists()
@@ -186,8 +186,8 @@ def test_bad_sizes_are_data_errors(tmp_path: Path) -> None:
 def test_progress_reports_every_video(tmp_path: Path) -> None:
     calls = []
     render_dataset(tmp_path / "p", on_progress=lambda n=1, **kw: calls.append((n, kw)), **SMALL)
-    assert calls[0] == (0, {"total": 64, "label": "rendering"})
-    assert sum(n for n, _ in calls) == 64
+    assert calls[0] == (0, {"total": 144, "label": "rendering"})
+    assert sum(n for n, _ in calls) == 144
 
 
 def test_synth_recipe_matches_the_rendered_dataset(small) -> None:

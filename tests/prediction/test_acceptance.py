@@ -234,7 +234,7 @@ def test_data_import_checks_and_reproducible_split(
     with pytest.raises(DataError, match="none of the 24 videos"):
         import_dataset(src, name="broken")
     src = _tree(tmp_path)
-    (src / "Growing" / "zero.avi").write_bytes(b"")
+    (src / "TopLeftToTopRight" / "zero.avi").write_bytes(b"")
     a = import_dataset(src, name="a", val=3, test=3, seed=0, overrides=TINY_SETS)
     b = import_dataset(src, name="b", val=3, test=3, seed=0, overrides=TINY_SETS)
     c = import_dataset(src, name="c", val=3, test=3, seed=1, overrides=TINY_SETS)
@@ -250,10 +250,10 @@ def test_data_import_checks_and_reproducible_split(
     cfg = load_recipe("a")
     assert len(load_split(cfg, "train")) == 6 * 4
     lists = import_dataset(
-        src, name="d", test_classes=["Growing", "Shrinking", "LeftToRight"],
+        src, name="d", test_classes=["TopLeftToTopRight", "TopRightToTopLeft", "LeftToRight"],
         val_classes="RightToLeft,TopToBottom,BottomToTop".split(","), overrides=TINY_SETS,
     )  # fmt: skip
-    assert lists.classes["test"] == ["Growing", "LeftToRight", "Shrinking"]
+    assert lists.classes["test"] == ["LeftToRight", "TopLeftToTopRight", "TopRightToTopLeft"]
     assert len(lists.classes["train"]) == 6
 
     # the episode settings: numbers and the fix
