@@ -244,3 +244,44 @@ def test_cli_encoder_flag_shows_zero_shot_accuracy(tmp_path: Path, monkeypatch) 
     assert res.exit_code == 0, res.output
     assert "97.0%" in res.output and "11.1%" in res.output
     assert "NOT the OpenAI" in res.output
+
+
+def test_catalogue_is_every_straight_motion_between_grid_places() -> None:
+    from fsar_cli.data.synth import GRID
+
+    assert len(CATALOGUE) == 36  # 9 places, every unordered pair once
+    ends = {(m.waypoints[0][:2], m.waypoints[-1][:2]) for m in CATALOGUE}
+    assert len(ends) == 36
+    places = {g[0] for g in GRID}
+    for m in CATALOGUE:
+        start, end = m.name.removeprefix("a shape moving from ").split(" to ")
+        assert start in places and end in places
+        assert m.rev_name == f"a shape moving from {end} to {start}"
+    # the test pairs are the three rows and two columns, end to end
+    assert [m.folder for m in CATALOGUE[:5]] == [
+        "TopLeftToTopRight", "LeftToRight", "BottomLeftToBottomRight", "TopLeftToBottomLeft",
+        "TopToBottom",
+    ]  # fmt: skip
+
+
+def test_occluder_hides_what_is_behind_it() -> None:
+    box = ClipParams(occluder=(0.0, 0.0, 1.0, 1.0), occluder_colour=(90, 100, 110))
+    frames = render_clip(CATALOGUE[0], box, num_frames=4, size=32)
+    assert (frames == np.array([90, 100, 110], np.uint8)).all()  # no noise: the box only
+    half = ClipParams(occluder=(0.0, 0.0, 0.5, 1.0))  # left half hidden: the object shows late
+    frames = render_clip(CATALOGUE[1], half, num_frames=8, size=32)  # left -> right
+    assert frames[0].max() < 200 and frames[-1].max() > 200
+
+
+def test_nuisance_draws_jitter_every_video_and_occlude_a_share() -> None:
+    from fsar_cli.data.synth import OCCLUDED, SHIFT
+
+    draws = [sample_params(np.random.default_rng(i)) for i in range(2000)]
+    shifts = np.array([p.shift for p in draws])
+    assert np.abs(shifts).max() <= SHIFT and np.abs(shifts).mean() > SHIFT / 3
+    occluded = np.mean([p.occluder is not None for p in draws])
+    assert abs(occluded - OCCLUDED) < 0.04, occluded
+    for p in draws:
+        if p.occluder is not None:
+            x0, y0, x1, y1 = p.occluder
+            assert 0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0
