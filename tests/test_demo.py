@@ -52,7 +52,8 @@ def test_reduced_demo_shows_the_point_of_the_method(tmp_path) -> None:
     # a rerun reuses every finished stage and reproduces the table exactly
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
-    assert "reused from an earlier run: synth, extract, cache, train clipfsar-notext" in again.output
+    reused = "reused from an earlier run: synth, extract, cache, train clipfsar-notext"
+    assert reused in again.output
     pd.testing.assert_frame_equal(pd.read_csv(out / "demo_results.csv"), table)
 
 
