@@ -81,7 +81,7 @@ def _print_encoder(weights: Path, scores: dict[str, Any]) -> None:
     from ..encoders.offline import OFFLINE_ENCODER_DESCRIPTION, read_training_stats
 
     stats = read_training_stats(weights) or {}
-    table = Table(title="offline demo encoder: zero-shot accuracy on held-out frames")
+    table = Table(title="offline demo encoder: zero-shot accuracy on held-out frames and clips")
     for col in ("attribute", "accuracy", "chance"):
         table.add_column(col, justify="left" if col == "attribute" else "right")
     labels = {"full": "full caption", "motion": "motion (clips)", "path": "path, either way"}
