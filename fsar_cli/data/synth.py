@@ -6,10 +6,10 @@ opposite order ("from the top right to the top left"). A method that averages fr
 frame-averaged prototype) sees the two members of a pair as one class; a temporal matcher (OTAM)
 separates them. Each video varies in nuisance: shape, colour, size, speed, start offset,
 background and pixel noise, and two things that make a single example an unreliable prototype:
-camera jitter (the whole path sits up to ``SHIFT`` off its place, so the test classes "along the
-top" and "along the middle" overlap) and, in a share ``OCCLUDED`` of the videos, a static box that
-hides much of the path. The class name says where the path runs whatever one video shows; that is
-what CLIP-FSAR's class-text token adds to a 1-shot prototype.
+camera jitter (the whole path sits up to ``SHIFT`` off its place, so the test classes "from the
+top left to the top right" and "from the left to the right" overlap) and, in a share ``OCCLUDED``
+of the videos, a static box that hides much of the path. The class name says where the path runs
+whatever one video shows; that is what CLIP-FSAR's class-text token adds to a 1-shot prototype.
 
 The dataset is laid out like UCF101 / HMDB51, so it goes through the same extract -> cache -> train
 -> eval path as a real benchmark::
