@@ -295,6 +295,7 @@ def run_demo(
     from .data.extract import extract_frames
     from .data.synth import render_dataset
     from .features.cache import cache_features
+    from .features.store import store_path
 
     if backbone != "offline":
         # Fail before rendering anything if real CLIP weights cannot be had (offline, typo).
@@ -383,13 +384,17 @@ def run_demo(
     weights_id = _file_digest(weights) if weights is not None else backbone
     cache_key = _key(extract_key, recipe.features, weights_id)
     t = stage("cache", f"features into {cache_dir}")
-    if state.changed("cache", cache_key):
+    cache_changed = state.changed("cache", cache_key)
+    if cache_changed:
         _forget(cache_dir, out, "the videos, the encoder or the feature settings")
-    finished = all((cache_dir / split / "meta.json").is_file() for split in SPLITS)
-    if state.changed("cache", cache_key) or not finished:
+    # cache_features would reuse finished stores too, but only after loading the encoder (its
+    # identity is part of a store's settings); the demo's key already covers the videos, the
+    # weights file and the feature settings, so finished stores need no encoder at all
+    finished = all((store_path(cache_dir, split) / "meta.json").is_file() for split in SPLITS)
+    if cache_changed or not finished:
         cache_features(recipe, device=device, on_progress=on_progress)
         state.set("cache", cache_key)
-    else:  # made with these very settings and assembled: not even the encoder is needed
+    else:
         reused.append("cache")
     stage_s["cache"] = time.perf_counter() - t
 

@@ -229,7 +229,7 @@ def sample_params(rng: np.random.Generator) -> ClipParams:
 
 def _occluder(rng: np.random.Generator) -> tuple[float, float, float, float] | None:
     """A box hiding much of the frame, in a share ``OCCLUDED`` of the videos."""
-    w, h = rng.uniform(0.45, 0.75, 2)
+    w, h = rng.uniform(0.45, 0.75, 2)  # drawn for every video: the draws that follow stay put
     x0, y0 = rng.uniform(0.0, 1.0 - w), rng.uniform(0.0, 1.0 - h)
     if rng.uniform() >= OCCLUDED:
         return None

@@ -222,6 +222,14 @@ def _render_clips(
     return clips, labels
 
 
+def _clip_features(model: Any, clips: np.ndarray, resolution: int) -> torch.Tensor:
+    """Unit-norm clip features ``[C, E]`` of uint8 clips ``[C, T, S, S, 3]``: the mean of the
+    frame features, as the video-text loss takes a video's feature."""
+    n, t = clips.shape[:2]
+    flat = _encoder_input(clips.reshape(n * t, *clips.shape[2:]), resolution)  # [C*T, 3, R, R]
+    return F.normalize(model.encode_image(flat).reshape(n, t, -1).mean(dim=1), dim=-1)
+
+
 def _prompts() -> tuple[list[str], dict[str, slice]]:
     """All captions, and the slice of each family: full caption, position, colour, size."""
     full = [
@@ -368,9 +376,7 @@ def train_offline_encoder(
             clips, motion = _render_clips(
                 cfg.clip_pool, cfg.seed, cfg.frame_size, cfg.clip_frames
             )  # [C, T, S, S, 3], [C]
-            flat = _encoder_input(clips.reshape(-1, *clips.shape[2:]), cfg.image_resolution)
-            per_frame = model.encode_image(flat).reshape(len(clips), cfg.clip_frames, -1)
-            clip_all = F.normalize(per_frame.mean(dim=1), dim=-1)  # [C, E] as the video-text loss
+            clip_all = _clip_features(model, clips, cfg.image_resolution)  # [C, E]
         motion_labels = torch.from_numpy(motion)
         texts, slices = _prompts()
         still = {k: v for k, v in slices.items() if k != "motion"}
@@ -515,9 +521,9 @@ def evaluate_offline_encoder(path: str | Path, n: int = 1000, seed: int = 12345)
     # motions: clips (mean frame feature) against every motion caption; a clip and its reversed
     # twin have the same frames, so "path" counts either twin as right and "motion" only the exact
     n_clips = max(1, n // 4)
-    clips, motion = _render_clips(n_clips, seed, DEFAULT_CONFIG.frame_size, 8)
-    flat = _encoder_input(clips.reshape(-1, *clips.shape[2:]), res)
-    vid = F.normalize(model.encode_image(flat).reshape(n_clips, 8, -1).mean(dim=1), dim=-1)
+    cfg = DEFAULT_CONFIG
+    clips, motion = _render_clips(n_clips, seed, cfg.frame_size, cfg.clip_frames)
+    vid = _clip_features(model, clips, res)  # [n_clips, E]
     pred_m = (vid @ txt[slices["motion"]].T).argmax(dim=1)
     truth = torch.from_numpy(motion)
     out["motion"] = round(float((pred_m == truth).float().mean()), 4)
