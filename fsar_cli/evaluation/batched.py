@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 _GROUP = 256  # sequences per encoder call: fixed, so an encoding never depends on the batch
-_MATCH_BLOCK = 64  # episodes per match call at most: small blocks stay in cache (~25% faster)
+_MATCH_BLOCK = 128  # episodes per match call at most: bounded so the gathered blocks stay in cache
 ProgressFn = Callable[..., None]
 
 
@@ -229,9 +229,17 @@ def _fast_logits(
             if shared is not None:
                 shared.support = s_enc
 
+    # Heads with ``frame_norms`` get every frame's norm computed once per video, not per pair
+    # (the same numbers: a norm reads the same row either way); K > 1 prototypes are means, so
+    # theirs are left to ``match``.
+    norms = bool(getattr(head, "frame_norms", False))
+    q_norm = q_enc.float().norm(dim=-1) if norms else None  # (Uq, T)
+    s_norm = s_enc.float().norm(dim=-1) if norms and s_enc is not None and K == 1 else None
+
     for a in range(0, E, chunk):
         b = min(a + chunk, E)
         qe = _take(q_enc, q_inv[a:b])  # (e, W*Q, T, D)
+        pn = None
         if not per_video:
             protos = _prototypes(head, features, text, batch.slice(a, b), device)  # (e, W, T, D)
         else:
@@ -239,7 +247,13 @@ def _fast_logits(
             se = _take(s_enc, s_inv[a:b])  # (e, W*K, T, D)
             protos = se.reshape(b - a, W, K, *se.shape[-2:])  # (e, W, K, T, D)
             protos = protos[:, :, 0] if K == 1 else protos.mean(dim=2)  # (e, W, T, D)
-        yield a, b, head.match(qe, protos)  # (e, W*Q, W)
+            if s_norm is not None:
+                pn = _take(s_norm, s_inv[a:b])  # (e, W, T) (K = 1)
+        if q_norm is None:
+            yield a, b, head.match(qe, protos)  # (e, W*Q, W)
+        else:
+            qn = _take(q_norm, q_inv[a:b])  # (e, W*Q, T)
+            yield a, b, head.match(qe, protos, query_norms=qn, proto_norms=pn)
 
 
 def _prototypes(
@@ -379,7 +393,7 @@ def episode_accuracies(
 def rank_range(n_episodes: int, chunk: int, d: distributed.Dist) -> tuple[int, int]:
     """This rank's contiguous episodes ``[a, b)`` of ``n_episodes``, in whole matching blocks.
 
-    Blocks are those of a single process evaluating with ``chunk`` (``min(chunk, 64)`` episodes
+    Blocks are those of a single process evaluating with ``chunk`` (``min(chunk, 128)`` episodes
     from episode 0), so each rank's blocks are the single process's. A rank may get none.
     """
     step = max(1, min(int(chunk), _MATCH_BLOCK))

@@ -59,6 +59,7 @@ class OTAMHead(FewShotHead):
     """
 
     name = "otam"
+    frame_norms = True
 
     def __init__(self, dim: int, otam_lambda: float = 0.5) -> None:
         super().__init__(dim=dim, otam_lambda=otam_lambda)
@@ -70,9 +71,15 @@ class OTAMHead(FewShotHead):
     def kwargs_from_cfg(cls, cfg: ModelCfg) -> dict[str, Any]:
         return {"otam_lambda": cfg.otam_lambda}
 
-    def match(self, query_enc: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
-        """``-(OTAM(D) + OTAM(Dᵀ))``, ``D = 1 - cos``: -> ``[..., N_q, W]``."""
-        dists = frame_distances(query_enc, protos)  # [..., N_q, W, T, T]
+    def match(
+        self,
+        query_enc: torch.Tensor,
+        protos: torch.Tensor,
+        query_norms: torch.Tensor | None = None,
+        proto_norms: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``-(OTAM(D) + OTAM(Dᵀ))``, ``D = 1 - cos``: -> ``[..., N_q, W]`` (``frame_norms``)."""
+        dists = frame_distances(query_enc, protos, 0.01, query_norms, proto_norms)
         return -otam_distance(dists, self.otam_lambda, bidirectional=True, max_dist=2.0)
 
 

@@ -61,6 +61,7 @@ class CLIPFSARHead(FewShotHead):
     name = "clipfsar"  # per instance: "clipfsar-notext" when use_text=False
     uses_text = True
     trainable = True
+    frame_norms = True
 
     def __init__(
         self,
@@ -168,11 +169,19 @@ class CLIPFSARHead(FewShotHead):
         """Class prototypes ``[E, W, T, D]`` from grouped supports ``[E, W, K, T, D]``."""
         return self._prototypes_adapted(self.adapt(support), text)
 
-    def match(self, query_enc: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    def match(
+        self,
+        query_enc: torch.Tensor,
+        protos: torch.Tensor,
+        query_norms: torch.Tensor | None = None,
+        proto_norms: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``-(OTAM(D) + OTAM(Dᵀ))`` with ``D = 1 - cos``: ``[..., N_q, T, D]`` x ``[..., W, T, D]``
-        -> ``[..., N_q, W]``."""
+        -> ``[..., N_q, W]``; the frames' float32 norms may be passed (``frame_norms``)."""
         with torch.autocast(query_enc.device.type, enabled=False):  # matching in float32
-            dists = frame_distances(query_enc.float(), protos.float())  # [..., N_q, W, T, T]
+            dists = frame_distances(
+                query_enc.float(), protos.float(), 0.01, query_norms, proto_norms
+            )  # [..., N_q, W, T, T]
         # 1 - cos <= 2: without gradients the exp form of OTAM applies (otam.py)
         return -otam_distance(dists, self.otam_lambda, bidirectional=True, max_dist=2.0)
 

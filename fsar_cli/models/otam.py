@@ -8,15 +8,16 @@ side, a plain running sum on row 0, a soft-min over (up-left, left) in the middl
 three neighbours in the first and the last column.
 
 Speed: this runs on every (query, class) pair of every evaluation episode, so the recurrence is
-vectorised over all leading dims and the Python loop only visits the Lq x Ls cells, and the
-bidirectional form stacks D and Dᵀ so both directions share one pass. The differentiable form
-works on ``g = -C / lambda``, where the soft-min becomes one ``logaddexp`` per cell (stable for
-any input, unlike the reference's naive ``log(sum(exp))``). Without gradients, when the caller
-bounds the distances (``max_dist``: ``1 - cos`` is at most 2) so that no path can underflow, the
-recurrence runs on ``P = exp(g)`` instead: one ``exp`` per cell up front, then a multiply and an
-add per cell in preallocated buffers, and one ``log`` at the end (a ``logaddexp`` costs an exp and
-a log1p per cell). Both forms are elementwise over the batch, so a pair's distance never depends
-on the other pairs it is computed with.
+vectorised over all leading dims and the Python loop only visits rows and columns, never pairs.
+The differentiable form works on ``g = -C / lambda``, where the soft-min becomes one ``logaddexp``
+per cell (stable for any input, unlike the reference's naive ``log(sum(exp))``); it stacks D and
+Dᵀ so both directions share one pass. Without gradients, when the caller bounds the distances
+(``max_dist``: ``1 - cos`` is at most 2) so that no path can underflow, the recurrence runs on
+``P = exp(g)`` instead (a ``logaddexp`` costs an exp and a log1p per cell): one ``exp`` per
+distance, shared by both directions, then a whole column of cells per add and multiply, since a
+cell needs only the column to its left (:func:`_columns_exp`), and one ``log`` per pair at the
+end. Both forms are elementwise over the batch (sums run row by row, not by a reduction kernel),
+so a pair's distance never depends on the other pairs it is computed with.
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ _LOG2 = math.log(2.0)
 _EXP_LIMIT = {torch.float32: 80.0, torch.float64: 700.0}
 
 
-def cos_sim(x: torch.Tensor, y: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
+def cos_sim(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float = 0.01,
+    x_norm: torch.Tensor | None = None,
+    y_norm: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Cosine similarity with the reference's epsilon on the norm product.
 
     ``cos(x, y) = x·y / (|x| |y| + eps)``, as ``cos_sim`` in the reference (not a clamp per norm).
@@ -42,24 +49,34 @@ def cos_sim(x: torch.Tensor, y: torch.Tensor, eps: float = 0.01) -> torch.Tensor
         x: ``[..., N, D]``.
         y: ``[..., M, D]`` (leading dims broadcast with ``x``'s).
         eps: added to the product of the norms.
+        x_norm, y_norm: ``|x|`` ``[..., N]`` and ``|y|`` ``[..., M]`` when the caller has them
+            already (the evaluator computes them once per video); computed here otherwise.
 
     Returns:
         ``[..., N, M]``.
     """
     num = torch.matmul(x, y.transpose(-1, -2))  # [..., N, M]
-    den = torch.matmul(
-        x.norm(dim=-1).unsqueeze(-1), y.norm(dim=-1).unsqueeze(-2)
-    )  # [..., N, 1] @ [..., 1, M] -> [..., N, M]
+    xn = x.norm(dim=-1) if x_norm is None else x_norm
+    yn = y.norm(dim=-1) if y_norm is None else y_norm
+    den = xn.unsqueeze(-1) * yn.unsqueeze(-2)  # [..., N, 1] * [..., 1, M] -> [..., N, M]
     return num / (den + eps)
 
 
-def frame_distances(query: torch.Tensor, protos: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
+def frame_distances(
+    query: torch.Tensor,
+    protos: torch.Tensor,
+    eps: float = 0.01,
+    query_norms: torch.Tensor | None = None,
+    proto_norms: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``1 - cos`` between every query frame and every prototype frame.
 
     Args:
         query: ``[..., Nq, T, D]`` query frame features.
         protos: ``[..., W, T', D]`` class prototypes (leading dims broadcast with ``query``'s).
         eps: cosine epsilon (0.01 in the reference).
+        query_norms, proto_norms: the frames' norms ``[..., Nq, T]`` and ``[..., W, T']`` if
+            known (see :func:`cos_sim`).
 
     Returns:
         ``[..., Nq, W, T, T']``: rows are query frames, columns prototype frames.
@@ -68,7 +85,9 @@ def frame_distances(query: torch.Tensor, protos: torch.Tensor, eps: float = 0.01
     w, ts = protos.shape[-3], protos.shape[-2]
     q = query.reshape(*query.shape[:-3], nq * t, d)  # [..., Nq*T, D]
     p = protos.reshape(*protos.shape[:-3], w * ts, d)  # [..., W*T', D]
-    sim = cos_sim(q, p, eps)  # [..., Nq*T, W*T']
+    qn = None if query_norms is None else query_norms.reshape(*query_norms.shape[:-2], nq * t)
+    pn = None if proto_norms is None else proto_norms.reshape(*proto_norms.shape[:-2], w * ts)
+    sim = cos_sim(q, p, eps, qn, pn)  # [..., Nq*T, W*T']
     sim = sim.reshape(*sim.shape[:-2], nq, t, w, ts).transpose(-3, -2)  # [..., Nq, W, T, T']
     return 1.0 - sim
 
@@ -99,37 +118,82 @@ def _otam_one_way(dists: torch.Tensor, lam: float) -> torch.Tensor:
     return (last * (-lam)).reshape(lead)
 
 
+def _columns_exp(e: torch.Tensor) -> torch.Tensor:
+    """The exp-form recurrence over cells stored column by column: ``e`` ``[Ls, Lq, B]`` holds
+    ``exp(-C / lam)``; returns ``P`` of the padded end cell ``[B]`` (``-lam * log`` of it is the
+    distance).
+
+    Cell ``(l, m)`` depends only on column ``m - 1`` (up-left and left), so a whole column is one
+    add and one multiply: ``P[:, m] = (P[:, m-1] shifted down one row + P[:, m-1]) * e[:, m]``.
+    The column buffers keep a zero row on top, which makes row 0 the plain running product. The
+    first column is a recurrence down the rows, ``P[l, 0] = (P[l-1, 0] + 2) * e[l, 0]`` (the two
+    padded zero-cost neighbours add ``exp(0) = 1`` each), and the padded last column sums to
+    ``2 * sum(P[:, -1]) - P[-1, -1]`` (its soft-min adds the cells left and up-left of each row,
+    plus its own value above).
+    """
+    ls, lq = e.shape[0], e.shape[1]
+    col = e.new_empty((lq + 1, *e.shape[2:]))  # [Lq + 1, B], row 0 the zero pad
+    nxt = torch.empty_like(col)
+    col[0].zero_()
+    nxt[0].zero_()
+    e0 = e[0]
+    col[1].copy_(e0[0])
+    for row_i in range(1, lq):
+        torch.add(col[row_i], 2.0, out=col[row_i + 1]).mul_(e0[row_i])
+    for m in range(1, ls):
+        torch.add(col[1:], col[:-1], out=nxt[1:]).mul_(e[m])
+        col, nxt = nxt, col
+    total = col[1].clone()  # summed row by row: a reduction kernel's order could depend on B
+    for row_i in range(2, lq + 1):
+        total.add_(col[row_i])
+    return total.mul_(2.0).sub_(col[lq])
+
+
 def _otam_one_way_exp(dists: torch.Tensor, lam: float) -> torch.Tensor:
     """:func:`_otam_one_way` on ``P = exp(g)`` (no autograd; the caller checks underflow).
 
-    ``logaddexp(a, b) + n`` becomes ``(P_a + P_b) * exp(n)``; the first column's three-way
-    soft-min adds ``exp(log 2) = 2`` (two padded zero-cost neighbours).
+    ``logaddexp(a, b) + n`` becomes ``(P_a + P_b) * exp(n)``, computed a column at a time
+    (:func:`_columns_exp`).
     """
     lq, ls = dists.shape[-2:]
     lead = dists.shape[:-2]
-    # [..., Lq, Ls] -> [Lq, Ls, B] of exp(-C / lam)
-    e = (dists * (-1.0 / lam)).reshape(-1, lq, ls).permute(1, 2, 0).contiguous().exp_()
-    prev = torch.cumprod(e[0], dim=0)  # [Ls, B]: P[0, 1..Ls]
-    row = torch.empty_like(prev)
-    last = prev[-1].clone()  # P[0, Ls+1]
-    for row_i in range(1, lq):
-        el = e[row_i]
-        torch.add(prev[0], 2.0, out=row[0]).mul_(el[0])
-        for m in range(1, ls):
-            torch.add(prev[m - 1], row[m - 1], out=row[m]).mul_(el[m])
-        last.add_(prev[-1]).add_(row[-1])
-        prev, row = row, prev
-    return last.log_().mul_(-lam).reshape(lead)
+    e = torch.exp(dists * (-1.0 / lam)).reshape(-1, lq, ls)  # [B, Lq, Ls]
+    cols = e.permute(2, 1, 0).contiguous()  # [Ls, Lq, B]: a column is contiguous
+    return _columns_exp(cols).log_().mul_(-lam).reshape(lead)
 
 
-def _one_way(dists: torch.Tensor, lam: float, max_dist: float | None) -> torch.Tensor:
+def _otam_both_exp(dists: torch.Tensor, lam: float) -> torch.Tensor:
+    """``OTAM(D) + OTAM(Dᵀ)`` of square ``[..., L, L]`` in the exp form, in one pass.
+
+    ``exp(-D / lam)`` is taken once; both directions are laid out column by column in one buffer
+    ``[L, L, 2, B]`` (D's columns are prototype frames, Dᵀ's are query frames).
+    """
+    n = dists.shape[-1]
+    lead = dists.shape[:-2]
+    e = torch.exp(dists * (-1.0 / lam))  # [..., Lq, Ls], in the memory order of dists
+    b = e[..., 0, 0].numel()
+    cols = e.new_empty((n, n, 2, *lead))  # [column, row, direction, ...]
+    k = len(lead)
+    # D: column = prototype frame, row = query frame; Dᵀ: the other way round
+    cols[:, :, 0].copy_(e.permute(k + 1, k, *range(k)))
+    cols[:, :, 1].copy_(e.permute(k, k + 1, *range(k)))
+    end = _columns_exp(cols.view(n, n, 2 * b)).log_().mul_(-lam).view(2, b)
+    return (end[0] + end[1]).reshape(lead)
+
+
+def _exp_form(dists: torch.Tensor, lam: float, max_dist: float | None) -> bool:
+    """Whether the exp form applies: no gradient wanted, and no alignment path can underflow."""
     lq, ls = dists.shape[-2:]
     limit = _EXP_LIMIT.get(dists.dtype, 0.0)
-    if (
+    return (
         max_dist is not None
         and max(float(max_dist), 0.0) / lam * (lq + ls) < limit
         and not (torch.is_grad_enabled() and dists.requires_grad)
-    ):
+    )
+
+
+def _one_way(dists: torch.Tensor, lam: float, max_dist: float | None) -> torch.Tensor:
+    if _exp_form(dists, lam, max_dist):
         return _otam_one_way_exp(dists, lam)
     return _otam_one_way(dists, lam)
 
@@ -165,7 +229,9 @@ def otam_distance(
     if not bidirectional:
         return _one_way(dists, lam, max_dist)
     if dists.shape[-1] == dists.shape[-2]:
+        if _exp_form(dists, lam, max_dist):
+            return _otam_both_exp(dists, lam)
         # both directions in one pass: [2, ..., L, L]
-        both = _one_way(torch.stack([dists, dists.transpose(-1, -2)]), lam, max_dist)
+        both = _otam_one_way(torch.stack([dists, dists.transpose(-1, -2)]), lam)
         return both[0] + both[1]
     return _one_way(dists, lam, max_dist) + _one_way(dists.transpose(-1, -2), lam, max_dist)

@@ -162,3 +162,36 @@ def test_exp_form_without_gradients_equals_the_log_form(shape: tuple[int, ...], 
     torch.testing.assert_close(fast, log_form, rtol=1e-5, atol=1e-5)
     one = otam_distance(dists[:1], lam, max_dist=2.0)  # alone or in a batch: the same numbers
     assert torch.equal(one, otam_distance(dists, lam, max_dist=2.0)[:1])
+
+
+@pytest.mark.parametrize("shape", [(6, 8, 8), (4, 1, 1), (3, 1, 6), (5, 7, 3), (2, 3, 8, 8)])
+def test_exp_form_matches_the_naive_loop(shape: tuple[int, ...]) -> None:
+    # the column-at-a-time exp recurrence, one-way and bidirectional, square and not, against
+    # METHOD.md section 3 cell by cell in float64 python
+    g = torch.Generator().manual_seed(11)
+    d = torch.rand(shape, generator=g) * 2.0
+    with torch.no_grad():
+        one = otam_distance(d, 0.5, max_dist=2.0)
+        both = otam_distance(d, 0.5, bidirectional=True, max_dist=2.0)
+    torch.testing.assert_close(one.double(), _naive_batch(d, 0.5), atol=1e-5, rtol=0)
+    naive_both = _naive_batch(d, 0.5) + _naive_batch(d.transpose(-1, -2), 0.5)
+    torch.testing.assert_close(both.double(), naive_both, atol=2e-5, rtol=0)
+
+
+def test_exp_form_at_the_largest_distances() -> None:
+    # every cell at the bound (1 - cos = 2): the smallest products the exp form must carry
+    d = torch.full((3, 8, 8), 2.0)
+    with torch.no_grad():
+        got = otam_distance(d, 0.5, bidirectional=True, max_dist=2.0)
+    want = 2 * _naive_otam(d[0].tolist(), 0.5)
+    torch.testing.assert_close(got.double(), torch.full((3,), want, dtype=torch.float64))
+
+
+def test_given_frame_norms_give_the_same_distances() -> None:
+    # the evaluator passes norms computed once per video: the numbers must not move at all
+    g = torch.Generator().manual_seed(13)
+    q, p = torch.randn(4, 5, 8, 32, generator=g), torch.randn(4, 3, 8, 32, generator=g)
+    want = frame_distances(q, p)
+    got = frame_distances(q, p, 0.01, q.norm(dim=-1), p.norm(dim=-1))
+    assert torch.equal(got, want)
+    assert torch.equal(frame_distances(q, p, 0.01, q.norm(dim=-1)), want)
