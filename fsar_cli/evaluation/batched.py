@@ -233,6 +233,7 @@ def _fast_logits(
     # (the same numbers: a norm reads the same row either way); K > 1 prototypes are means, so
     # theirs are left to ``match``.
     norms = bool(getattr(head, "frame_norms", False))
+    match_with_norms: Callable[..., torch.Tensor] = head.match  # takes the norms (frame_norms)
     q_norm = q_enc.float().norm(dim=-1) if norms else None  # (Uq, T)
     s_norm = s_enc.float().norm(dim=-1) if norms and s_enc is not None and K == 1 else None
 
@@ -253,7 +254,7 @@ def _fast_logits(
             yield a, b, head.match(qe, protos)  # (e, W*Q, W)
         else:
             qn = _take(q_norm, q_inv[a:b])  # (e, W*Q, T)
-            yield a, b, head.match(qe, protos, query_norms=qn, proto_norms=pn)
+            yield a, b, match_with_norms(qe, protos, query_norms=qn, proto_norms=pn)
 
 
 def _prototypes(
