@@ -57,6 +57,7 @@ from ..data.preprocess import preprocess_frames
 from ..data.synth import CATALOGUE, PALETTE, SynthClass, render_clip, render_still, sample_params
 from ..errors import EncoderError
 from . import OFFLINE_ENCODER_NAME
+from .clip import encode_text_short
 
 __all__ = [
     "OFFLINE_ENCODER_NAME",
@@ -262,35 +263,6 @@ def _tokenize(texts: list[str], context_length: int) -> torch.Tensor:
     return clip.tokenize(texts, context_length=context_length)
 
 
-def _encode_text_short(
-    model: Any, tokens: torch.Tensor, token_vectors: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``model.encode_text(tokens)``, computed on the first n positions only (n = longest caption).
-
-    The text tower's mask is causal and its output is read at the end-of-text token, so positions
-    after the last end-of-text token cannot change the result: skipping them gives the same features
-    (up to float rounding) at a fraction of the cost of the full 77-token context.
-
-    Args:
-        tokens: int64 [P, context] from ``clip.tokenize``.
-        token_vectors: [P, n, W] embeddings of ``tokens[:, :n]`` to use instead of the model's
-            token embedding (training keeps the few rows the captions use in a small table).
-    """
-    eot = tokens.argmax(dim=-1)  # [P] position of the end-of-text token (the highest id)
-    n = int(eot.max()) + 1
-    if token_vectors is None:
-        token_vectors = model.token_embedding(tokens[:, :n])
-    x = token_vectors + model.positional_embedding[:n]  # [P, n, W]
-    x = x.permute(1, 0, 2)  # NLD -> LND
-    for block in model.transformer.resblocks:
-        mask = block.attn_mask[:n, :n]
-        h = block.ln_1(x)
-        x = x + block.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
-        x = x + block.mlp(block.ln_2(x))
-    x = model.ln_final(x.permute(1, 0, 2))  # LND -> NLD
-    return x[torch.arange(x.shape[0]), eot] @ model.text_projection  # [P, E]
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -399,7 +371,7 @@ def train_offline_encoder(
         for step in range(cfg.text_steps):
             _set_lr(opt, _lr_at(step, cfg.text_steps, cfg))
             idx = torch.randint(len(images), (cfg.text_batch_size,), generator=gen)
-            txt = F.normalize(_encode_text_short(model, tokens, table[local]), dim=-1)  # [P, E]
+            txt = F.normalize(encode_text_short(model, tokens, table[local]), dim=-1)  # [P, E]
             logits = model.logit_scale.exp().clamp(max=100.0) * img_all[idx] @ txt.T  # [B, P]
             targets = _family_targets(labels[idx])
             loss = sum(F.cross_entropy(logits[:, sl], targets[name]) for name, sl in still.items())

@@ -89,6 +89,22 @@ def test_encode_images_and_text_equal_the_clip_model(tiny: Encoder) -> None:
     assert tiny.encode_text(["word " * 200]).shape == (1, 32)  # truncated, not an error
 
 
+def test_encode_text_runs_the_text_tower_only_up_to_the_longest_prompt(tiny: Encoder) -> None:
+    # causal mask, output read at the end-of-text token: the 77-token context is not needed
+    seen: list[int] = []
+    block = tiny.model.transformer.resblocks[0].ln_1  # sees [positions, prompts, width]
+    hook = block.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    try:
+        texts = ["a photo of running", "a photo of x"]
+        got = tiny.encode_text(texts)
+    finally:
+        hook.remove()
+    longest = int(clip.tokenize(texts).argmax(dim=-1).max()) + 1  # start + words + end
+    assert seen == [longest] and longest < tiny.context_length
+    with torch.no_grad():
+        torch.testing.assert_close(got, tiny.model.encode_text(clip.tokenize(texts)))
+
+
 def test_wrong_image_size_names_the_fix(tiny: Encoder) -> None:
     with pytest.raises(EncoderError, match="features.crop=32"):
         tiny.encode_images(torch.zeros(1, 3, 224, 224))

@@ -10,6 +10,7 @@ import torch
 from clip.model import build_model
 
 from fsar_cli.encoders import offline
+from fsar_cli.encoders.clip import encode_text_short
 from fsar_cli.encoders.offline import (
     DEFAULT_CONFIG,
     OFFLINE_ENCODER_DESCRIPTION,
@@ -52,7 +53,7 @@ def test_short_text_forward_equals_encode_text() -> None:
     tokens = offline._tokenize(texts[:40], TINY.context_length)
     with torch.no_grad():
         full = model.encode_text(tokens)  # the whole 77-token context
-        short = offline._encode_text_short(model, tokens)
+        short = encode_text_short(model, tokens)
     torch.testing.assert_close(short, full, atol=1e-5, rtol=1e-5)
 
 
