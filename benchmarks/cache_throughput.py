@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -157,7 +158,7 @@ def main() -> None:
     print(f"(b) full cache pipeline : {b:8.1f} frames/s   (best; runs: {runs_b})")
     print(f"(c) decode + preprocess : {decode_fps:8.1f} frames/s per worker (one thread)")
     print(
-        f"ratio pipeline / encoder: {pairs[len(pairs) // 2]:.3f} (median of adjacent pairs: "
+        f"ratio pipeline / encoder: {statistics.median(pairs):.3f} (median of adjacent pairs: "
         f"{', '.join(f'{r:.3f}' for r in pairs)}); best / best {b / a:.3f}  (target >= 0.95)"
     )
 
