@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import atomic
+from . import atomic, episode_rng
 from .errors import EpisodeError
 
 __all__ = ["EpisodeBatch", "EpisodeSampler", "save_episodes", "load_episodes", "EPISODES_FORMAT"]
@@ -176,15 +176,49 @@ class EpisodeSampler:
         return chosen, support, query, sv, qv
 
     def sample(self, n_episodes: int, start: int = 0) -> EpisodeBatch:
-        """Episodes ``start .. start+n_episodes-1`` stacked into one batch."""
-        parts = [self.episode(i) for i in range(start, start + n_episodes)]
-        if not parts:
+        """Episodes ``start .. start+n_episodes-1`` stacked into one batch.
+
+        The same episodes as :meth:`episode` one by one, drawn for all of them at once where
+        :mod:`fsar_cli.episode_rng` applies (about 50x faster).
+        """
+        if n_episodes < 1:
             raise EpisodeError("asked for 0 episodes")
+        need = self.k_shot + self.n_query
+        largest = max(len(self.classes), *(len(r) for r in self._rows.values()))
+        if not self.sample_views and episode_rng.supported(self.seed, largest, need):
+            return self._sample_at_once(n_episodes, start)
+        parts = [self.episode(i) for i in range(start, start + n_episodes)]
         return EpisodeBatch(
             self.n_way,
             self.k_shot,
             self.n_query,
             *(np.stack([p[j] for p in parts]).astype(np.int64) for j in range(5)),
+        )
+
+    def _sample_at_once(self, n: int, start: int) -> EpisodeBatch:
+        """:meth:`sample` with one generator lane per episode (:class:`EpisodeStreams`)."""
+        W, K, Q = self.n_way, self.k_shot, self.n_query
+        streams = episode_rng.EpisodeStreams(self.seed, np.arange(start, start + n))
+        C = len(self.classes)
+        which = streams.choice(np.full(n, C), W)  # [n, W] positions in self.classes
+        sizes = np.array([len(self._rows[int(c)]) for c in self.classes])  # [C]
+        table = np.zeros((C, int(sizes.max())), np.int64)  # [C, most videos]: rows, padded
+        for i, c in enumerate(self.classes):
+            table[i, : sizes[i]] = self._rows[int(c)]
+        picks = np.empty((n, W, K + Q), np.int64)
+        for w in range(W):  # class by class in episode order, as each episode's generator
+            pos = which[:, w]
+            picks[:, w] = table[pos[:, None], streams.choice(sizes[pos], K + Q)]
+        zeros = np.zeros((n, 1), np.int64)
+        return EpisodeBatch(
+            W,
+            K,
+            Q,
+            self.classes[which],
+            picks[:, :, :K].reshape(n, W * K),
+            picks[:, :, K:].reshape(n, W * Q),
+            np.broadcast_to(zeros, (n, W * K)).copy(),
+            np.broadcast_to(zeros, (n, W * Q)).copy(),
         )
 
 

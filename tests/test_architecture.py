@@ -33,6 +33,7 @@ FOUNDATION = {
     "progress",
     "recipe",
     "episodes",
+    "episode_rng",
     "distributed",
     "ownership",
     "locks",

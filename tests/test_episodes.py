@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fsar_cli import episode_rng
 from fsar_cli.episodes import EpisodeSampler, load_episodes, save_episodes
 from fsar_cli.errors import EpisodeError
 
@@ -92,3 +93,62 @@ def test_save_load_round_trip(tmp_path) -> None:
     np.testing.assert_array_equal(b.query_rows, b2.query_rows)
     with pytest.raises(EpisodeError, match="does not list"):
         load_episodes(path, keys[:-10])
+
+
+def _one_by_one(sampler: EpisodeSampler, n: int, start: int) -> list[np.ndarray]:
+    """The episodes from their own numpy generators, one at a time (the definition)."""
+    parts = [sampler.episode(i) for i in range(start, start + n)]
+    return [np.stack([p[j] for p in parts]) for j in range(5)]
+
+
+def _fields(batch) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    b = batch
+    return [b.classes, b.support_rows, b.query_rows, b.support_views, b.query_views]
+
+
+# uneven classes; class 0 and 3 hold exactly 6 = the largest shot + query below (nothing to draw
+# on the last Floyd step), class 4 is larger than the others together
+UNEVEN = np.concatenate([np.full(n, c) for c, n in enumerate([6, 9, 13, 6, 40, 7, 11])])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 987_654_321, 2**32 - 1])
+@pytest.mark.parametrize("way_shot_query", [(1, 1, 1), (5, 1, 1), (5, 5, 1), (7, 5, 1), (3, 2, 4)])
+def test_batched_draw_equals_each_episodes_own_numpy_generator(
+    seed: int, way_shot_query: tuple[int, int, int]
+) -> None:
+    way, shot, query = way_shot_query
+    sampler = EpisodeSampler(UNEVEN[::-1].copy(), way, shot, query, seed=seed)
+    assert episode_rng.supported(seed, 40, shot + query)
+    got = _fields(sampler.sample(300, start=17))
+    for g, w in zip(got, _one_by_one(sampler, 300, 17), strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("case", ["seed above 32 bits", "views", "class above 10,000"])
+def test_batched_draw_falls_back_to_numpy_where_it_does_not_apply(case: str) -> None:
+    labels, seed, views = UNEVEN, 7, 1
+    if case == "seed above 32 bits":
+        seed = 2**40 + 3
+    elif case == "views":
+        views = 3
+    else:  # numpy shuffles the tail of a population this large instead of Floyd's algorithm
+        labels = np.concatenate([np.zeros(10_001, np.int64), np.ones(300, np.int64)])
+    shot = 250 if case == "class above 10,000" else 2
+    sampler = EpisodeSampler(labels, 2, shot, 1, seed=seed, num_views=views, sample_views=views > 1)
+    got = _fields(sampler.sample(4, start=5))
+    for g, w in zip(got, _one_by_one(sampler, 4, 5), strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_bounded_draws_with_rejections_equal_numpy_integers() -> None:
+    # ranges near 2**31 reject about half of the 32-bit draws: lanes redraw out of step with
+    # each other, and the 64-bit outputs' halves must still be handed out in numpy's order
+    index = np.arange(200)
+    streams = episode_rng.EpisodeStreams(11, index)
+    tops = [2**31 + 5, 3, 2**31 + 2**30, 0, 17, 2**32 - 3]
+    got = np.stack([streams.bounded(np.full(len(index), t, np.uint64)) for t in tops], 1)
+    want = []
+    for i in index:
+        rng = np.random.default_rng([11, int(i)])
+        want.append([rng.integers(0, t + 1) if t else 0 for t in tops])
+    np.testing.assert_array_equal(got.astype(np.int64), np.array(want, np.int64))
