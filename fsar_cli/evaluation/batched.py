@@ -237,12 +237,20 @@ def _fast_logits(
     q_norm = q_enc.float().norm(dim=-1) if norms else None  # (Uq, T)
     s_norm = s_enc.float().norm(dim=-1) if norms and s_enc is not None and K == 1 else None
 
+    supports = None
+    if not per_video:
+        s_flat = np.unique(batch.support_rows * V + batch.support_views)
+        s_feats = _support_features(features, s_flat, device)
+        supports = None if s_feats is None else (s_flat, s_feats)
+
     for a in range(0, E, chunk):
         b = min(a + chunk, E)
         qe = _take(q_enc, q_inv[a:b])  # (e, W*Q, T, D)
         pn = None
         if not per_video:
-            protos = _prototypes(head, features, text, batch.slice(a, b), device)  # (e, W, T, D)
+            protos = _prototypes(
+                head, features, text, batch.slice(a, b), device, supports
+            )  # (e, W, T, D)
         else:
             assert s_enc is not None and s_inv is not None
             se = _take(s_enc, s_inv[a:b])  # (e, W*K, T, D)
@@ -257,26 +265,51 @@ def _fast_logits(
             yield a, b, match_with_norms(qe, protos, query_norms=qn, proto_norms=pn)
 
 
+#: Supports of merge-before prototypes are read from a float32 copy of the batch's support videos
+#: while it stays under this size (else from the store, episode by episode, as before).
+_SUPPORT_COPY_BYTES = 1 << 30
+
+
+def _support_features(features: np.ndarray, ids: np.ndarray, device: str) -> torch.Tensor | None:
+    """float32 ``[U, T, D]`` features of the flat video ids ``ids`` (sorted), or None if too big.
+
+    The same values as gathering them per episode (float16 -> float32 is exact), read once: a
+    5-shot evaluation otherwise converts every support of every episode (25 per 5-way episode).
+    """
+    V, T, D = features.shape[1:]
+    if len(ids) * T * D * 4 > _SUPPORT_COPY_BYTES:
+        return None
+    return torch.from_numpy(np.asarray(features[ids // V, ids % V], np.float32)).to(device)
+
+
 def _prototypes(
     head: FewShotHead,
     features: np.ndarray,
     text: torch.Tensor,
     batch: EpisodeBatch,
     device: str,
+    supports: tuple[np.ndarray, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``head.prototypes`` of a chunk of episodes (merge-before, text-only), in fixed groups.
 
-    Returns [e, W, T, D].
+    ``supports``: (sorted flat ids, their float32 features) from :func:`_support_features`, read
+    instead of the store. Returns [e, W, T, D].
     """
     uses_text = bool(getattr(head, "uses_text", False))
     W, K = batch.n_way, batch.k_shot
+    V = features.shape[1]
     step = max(1, _GROUP // W)
     out = []
     for a in range(0, len(batch), step):
         part = batch.slice(a, min(a + step, len(batch)))
-        s_np, _ = part.gather(features)  # (g, W*K, T, D)
-        s = torch.from_numpy(s_np).to(device).reshape(len(part), W, K, *s_np.shape[-2:])
-        # s: (g, W, K, T, D)
+        if supports is not None:
+            ids, feats = supports
+            pos = _positions(ids, part.support_rows * V + part.support_views)  # (g, W*K)
+            s = _take(feats, pos)  # (g, W*K, T, D)
+        else:
+            s_np, _ = part.gather(features)  # (g, W*K, T, D)
+            s = torch.from_numpy(s_np).to(device)
+        s = s.reshape(len(part), W, K, *s.shape[-2:])  # (g, W, K, T, D)
         t = text[torch.from_numpy(part.classes)] if uses_text else None  # (g, W, D)
         out.append(head.prototypes(s, t))
     return torch.cat(out)

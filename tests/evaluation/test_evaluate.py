@@ -94,6 +94,26 @@ def test_fast_path_equals_per_episode_loop(store: FeatureStore, name: str, k_sho
         )
 
 
+def test_merge_before_supports_read_from_the_store_when_too_big_to_copy(
+    store: FeatureStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 5-shot merge-before reads its supports from one float32 copy; a split too large for that
+    # reads them per episode from the store: the same accuracies either way
+    import fsar_cli.evaluation.batched as batched
+
+    head = _head("clipfsar", True)
+    batch = EpisodeSampler(store.labels, 5, 5, 2, seed=4).sample(30)
+    copied = episode_accuracies(head, store.features, store.text, batch)
+    monkeypatch.setattr(batched, "_SUPPORT_COPY_BYTES", 0)
+    assert batched._support_features(store.features, np.arange(3), "cpu") is None
+    np.testing.assert_array_equal(
+        episode_accuracies(head, store.features, store.text, batch), copied
+    )
+    np.testing.assert_array_equal(
+        copied, loop_episode_accuracies(head, store.features, store.text, batch)
+    )
+
+
 def test_fast_path_with_several_views(tmp_path: Path) -> None:
     store = synthetic_store(tmp_path / "test", n_classes=6, videos_per_class=5, dim=DIM, views=3)
     sampler = EpisodeSampler(store.labels, 5, 2, 1, seed=0, num_views=3, sample_views=True)
