@@ -7,8 +7,8 @@ with a time limit, and always stops) and each setting, the command runs as
 ``python -m fsar_cli ...`` in a fresh process; the settings of one repeat run adjacent to each
 other (order rotating), and the medians over ``--repeats`` are reported:
 
-- ``default``: fsar's own choice (``fsar_cli.threads``: passive OpenMP wait, as many threads as
-  cores minus the other processes running);
+- ``default``: fsar's own choice (``fsar_cli.threads``: passive OpenMP wait, the cores the other
+  running processes leave free, or all cores when they leave none);
 - ``torch``: torch's defaults (all cores, ``OMP_WAIT_POLICY`` unset: threads busy-wait);
 - ``1 thread``: ``OMP_NUM_THREADS=1``;
 - ``N passive``: all N cores, ``OMP_WAIT_POLICY=PASSIVE``.
@@ -18,7 +18,8 @@ Printed per command and load: each setting's median seconds and ``default / best
 the imports); cache by the whole process (imports included, which dilutes its ratio). The load
 average is printed: a machine busy with other work makes every figure noisier.
 
-Usage: ``python benchmarks/threads.py [--repeats 2] [--loads 0,1,2] [--commands train,eval,cache]``
+Usage: ``python benchmarks/threads.py [--repeats 2] [--loads 0,1,2] [--commands train,eval,cache]
+[--settings "default,2 passive"]``
 """
 
 from __future__ import annotations
@@ -152,6 +153,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--loads", default="0,1,2", help="busy-loop processes, comma-separated")
     ap.add_argument("--commands", default="train,eval,cache")
+    ap.add_argument(
+        "--settings", default="", help="comma-separated subset of the settings (default: all)"
+    )
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = cores or 1
@@ -161,6 +165,12 @@ def main() -> None:
         "the machine is busy with other work, figures are noisy)"
     )
     sets = settings(cores)
+    if args.settings:
+        wanted = [x.strip() for x in args.settings.split(",")]
+        unknown = [x for x in wanted if x not in sets]
+        if unknown or "default" not in wanted:
+            raise SystemExit(f"--settings: choose from {list(sets)}, default included")
+        sets = {k: v for k, v in sets.items() if k in wanted}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         cmds = prepare(tmp)

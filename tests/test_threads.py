@@ -16,11 +16,15 @@ from fsar_cli.threads import choose_threads, configure_threads
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_choose_threads_leaves_the_loaded_cores_alone() -> None:
+def test_choose_threads_takes_the_free_cores_or_all_when_none_is_free() -> None:
     assert choose_threads(2, 0.1) == 2
-    assert choose_threads(2, 1.0) == 1
-    assert choose_threads(2, 7.5) == 1  # never below one
+    assert choose_threads(2, 1.0) == 1  # one free core: take it, leave the busy one alone
     assert choose_threads(16, 3.4) == 13
+    assert choose_threads(16, 15.0) == 1
+    # no free core: every thread time-shares, and more threads get a larger fair share
+    assert choose_threads(2, 2.0) == 2
+    assert choose_threads(2, 7.5) == 2
+    assert choose_threads(16, 40.0) == 16
 
 
 def test_user_settings_win(monkeypatch: pytest.MonkeyPatch) -> None:
