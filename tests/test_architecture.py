@@ -162,6 +162,21 @@ def test_only_encoders_clip_imports_clip() -> None:
     assert set(users) <= {"fsar_cli.encoders.clip", "fsar_cli.encoders.offline"}, users
 
 
+def test_the_offline_encoder_loads_without_the_clip_package() -> None:
+    # a demo rerun loads the offline encoder; `clip` pulls in torchvision (4.5 s at start-up)
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fsar_cli.encoders.offline\n"
+        "print(sorted(m for m in ('clip', 'torchvision') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=PKG.parent, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 def test_no_reexport_facades() -> None:
     """A module whose body is only imports (besides its docstring and __all__) is a facade."""
     for m, path in MODULES.items():

@@ -57,7 +57,7 @@ from ..data.preprocess import preprocess_frames
 from ..data.synth import CATALOGUE, PALETTE, SynthClass, render_clip, render_still, sample_params
 from ..errors import EncoderError
 from . import OFFLINE_ENCODER_NAME
-from .clip import encode_text_short
+from .text import encode_text_short
 
 __all__ = [
     "OFFLINE_ENCODER_NAME",

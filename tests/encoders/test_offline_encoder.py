@@ -10,7 +10,6 @@ import torch
 from clip.model import build_model
 
 from fsar_cli.encoders import offline
-from fsar_cli.encoders.clip import encode_text_short
 from fsar_cli.encoders.offline import (
     DEFAULT_CONFIG,
     OFFLINE_ENCODER_DESCRIPTION,
@@ -22,6 +21,7 @@ from fsar_cli.encoders.offline import (
     load_offline_encoder,
     train_offline_encoder,
 )
+from fsar_cli.encoders.text import encode_text_short
 
 # A few steps of a small pool: seconds, but every code path of the real training.
 TINY = dataclasses.replace(
