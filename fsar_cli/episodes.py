@@ -155,6 +155,13 @@ class EpisodeSampler:
                 f"{split}: n_way = {n_way} but the split has only {len(self.classes)} classes "
                 f"with at least {need} usable videos; lower --way"
             )
+        # For drawing all episodes at once: each class's video count and rows, padded to a table
+        self._sizes = np.array([len(self._rows[int(c)]) for c in self.classes])  # [C]
+        self._table = np.zeros((len(self.classes), int(self._sizes.max())), np.int64)
+        for i, c in enumerate(self.classes):
+            self._table[i, : self._sizes[i]] = self._rows[int(c)]
+        largest = max(len(self.classes), int(self._sizes.max()))
+        self._at_once = not self.sample_views and episode_rng.supported(self.seed, largest, need)
 
     def episode(
         self, index: int
@@ -183,9 +190,7 @@ class EpisodeSampler:
         """
         if n_episodes < 1:
             raise EpisodeError("asked for 0 episodes")
-        need = self.k_shot + self.n_query
-        largest = max(len(self.classes), *(len(r) for r in self._rows.values()))
-        if not self.sample_views and episode_rng.supported(self.seed, largest, need):
+        if self._at_once:
             return self._sample_at_once(n_episodes, start)
         parts = [self.episode(i) for i in range(start, start + n_episodes)]
         return EpisodeBatch(
@@ -199,12 +204,8 @@ class EpisodeSampler:
         """:meth:`sample` with one generator lane per episode (:class:`EpisodeStreams`)."""
         W, K, Q = self.n_way, self.k_shot, self.n_query
         streams = episode_rng.EpisodeStreams(self.seed, np.arange(start, start + n))
-        C = len(self.classes)
-        which = streams.choice(np.full(n, C), W)  # [n, W] positions in self.classes
-        sizes = np.array([len(self._rows[int(c)]) for c in self.classes])  # [C]
-        table = np.zeros((C, int(sizes.max())), np.int64)  # [C, most videos]: rows, padded
-        for i, c in enumerate(self.classes):
-            table[i, : sizes[i]] = self._rows[int(c)]
+        which = streams.choice(np.full(n, len(self.classes)), W)  # [n, W] positions in classes
+        sizes, table = self._sizes, self._table
         picks = np.empty((n, W, K + Q), np.int64)
         for w in range(W):  # class by class in episode order, as each episode's generator
             pos = which[:, w]

@@ -19,7 +19,7 @@ import torch
 from ..errors import EpisodeError, RecipeError
 from ..recipe import ModelCfg
 from .base import FewShotHead
-from .otam import cos_sim, frame_distances, otam_distance
+from .otam import cos_sim, otam_logits
 from .registry import register_head
 
 __all__ = ["ProtoHead", "OTAMHead", "TextHead"]
@@ -79,8 +79,7 @@ class OTAMHead(FewShotHead):
         proto_norms: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``-(OTAM(D) + OTAM(Dᵀ))``, ``D = 1 - cos``: -> ``[..., N_q, W]`` (``frame_norms``)."""
-        dists = frame_distances(query_enc, protos, 0.01, query_norms, proto_norms)
-        return -otam_distance(dists, self.otam_lambda, bidirectional=True, max_dist=2.0)
+        return otam_logits(query_enc, protos, self.otam_lambda, query_norms, proto_norms)
 
 
 @register_head(

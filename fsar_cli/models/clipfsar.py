@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import EpisodeError, RecipeError
 from ..recipe import ModelCfg
 from .base import FewShotHead, group_support
-from .otam import cos_sim, frame_distances, otam_distance
+from .otam import cos_sim, otam_logits
 from .registry import register_head
 from .transformer import ResidualAdapter, TemporalTransformer
 
@@ -179,11 +179,9 @@ class CLIPFSARHead(FewShotHead):
         """``-(OTAM(D) + OTAM(Dᵀ))`` with ``D = 1 - cos``: ``[..., N_q, T, D]`` x ``[..., W, T, D]``
         -> ``[..., N_q, W]``; the frames' float32 norms may be passed (``frame_norms``)."""
         with torch.autocast(query_enc.device.type, enabled=False):  # matching in float32
-            dists = frame_distances(
-                query_enc.float(), protos.float(), 0.01, query_norms, proto_norms
-            )  # [..., N_q, W, T, T]
-        # 1 - cos <= 2: without gradients the exp form of OTAM applies (otam.py)
-        return -otam_distance(dists, self.otam_lambda, bidirectional=True, max_dist=2.0)
+            return otam_logits(
+                query_enc.float(), protos.float(), self.otam_lambda, query_norms, proto_norms
+            )
 
     def video_text_logits(self, videos: torch.Tensor, text_table: torch.Tensor) -> torch.Tensor:
         """``scale * cos(frame mean of adapted videos, text)``: ``[N,T,D]``, ``[C,D]`` -> ``[N,C]``.

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-__all__ = ["cos_sim", "frame_distances", "otam_distance"]
+__all__ = ["cos_sim", "frame_distances", "otam_distance", "otam_logits"]
 
 _LOG2 = math.log(2.0)
 #: The exp form is used while every alignment path's product stays above exp(-limit): float32's
@@ -235,3 +235,19 @@ def otam_distance(
         both = _otam_one_way(torch.stack([dists, dists.transpose(-1, -2)]), lam)
         return both[0] + both[1]
     return _one_way(dists, lam, max_dist) + _one_way(dists.transpose(-1, -2), lam, max_dist)
+
+
+def otam_logits(
+    query: torch.Tensor,
+    protos: torch.Tensor,
+    lam: float,
+    query_norms: torch.Tensor | None = None,
+    proto_norms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``-(OTAM(D) + OTAM(Dᵀ))`` with ``D = 1 - cos`` (reference epsilon): the match of the OTAM
+    and CLIP-FSAR heads. ``[..., N_q, T, D]`` x ``[..., W, T, D]`` -> ``[..., N_q, W]``; the
+    frames' norms may be passed (see :func:`frame_distances`). ``1 - cos <= 2``, so without
+    gradients the exp form applies.
+    """
+    dists = frame_distances(query, protos, 0.01, query_norms, proto_norms)  # [..., N_q, W, T, T]
+    return -otam_distance(dists, lam, bidirectional=True, max_dist=2.0)
