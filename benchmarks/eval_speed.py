@@ -87,15 +87,21 @@ def transformer_flops(seqs: int, length: int, keep: int, dim: int, ffn: int) -> 
     return float(seqs * (kv + q_out + att + ff))
 
 
+_TRANSFORMER = ("encode_query", "encode_support", "prototypes")
+_MATCHING = ("match", "frame_products", "match_products")
+
+
 class Instrumented:
-    """Wraps a head's encode_query / encode_support / prototypes / match: wall time and FLOPs."""
+    """Wraps a head's encode_query / encode_support / prototypes (Transformer) and match,
+    frame_products / match_products (matching): wall time and FLOPs."""
 
     def __init__(self, head: Any, ffn: int) -> None:
         self.head, self.ffn = head, ffn
         self.t: dict[str, float] = defaultdict(float)
         self.flops = 0.0
-        for name in ("encode_query", "encode_support", "prototypes", "match"):
-            setattr(head, name, self._wrap(name, getattr(head, name)))
+        for name in _TRANSFORMER + _MATCHING:
+            if hasattr(head, name):
+                setattr(head, name, self._wrap(name, getattr(head, name)))
 
     def reset(self) -> None:
         self.t.clear()
@@ -106,8 +112,9 @@ class Instrumented:
             x = args[0]
             t0 = time.perf_counter()
             out = fn(*args, **kw)
-            self.t["matching" if name == "match" else "transformer"] += time.perf_counter() - t0
-            if name != "match":
+            matching = name in _MATCHING
+            self.t["matching" if matching else "transformer"] += time.perf_counter() - t0
+            if not matching:
                 t, d = x.shape[-2], x.shape[-1]
                 seqs = x[..., 0, 0, 0].numel() if name == "prototypes" else x[..., 0, 0].numel()
                 text = 0 if name == "encode_query" else 1

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from .. import distributed
 from ..episodes import EpisodeBatch
 from ..errors import CacheError, EpisodeError, FsarError
 from ..models.base import FewShotHead, check_class_text
+from ..models.otam import OTAMMatching
 from .metrics import accuracy
 
 __all__ = [
@@ -52,6 +54,9 @@ __all__ = [
 
 _GROUP = 256  # sequences per encoder call: fixed, so an encoding never depends on the batch
 _MATCH_BLOCK = 128  # episodes per match call at most: bounded so the gathered blocks stay in cache
+#: Frame-distance heads on CPU: episodes per gather + frame-product step (one 5-way 1-shot step's
+#: gathered features are 1.3 MB per side, which stay in cache; 128 episodes' 10 MB do not).
+_PRODUCT_BLOCK = 16
 ProgressFn = Callable[..., None]
 
 
@@ -230,10 +235,9 @@ def _fast_logits(
                 shared.support = s_enc
 
     # Heads with ``frame_norms`` get every frame's norm computed once per video, not per pair
-    # (the same numbers: a norm reads the same row either way); K > 1 prototypes are means, so
-    # theirs are left to ``match``.
+    # (the same numbers: a norm reads the same row either way); K > 1 prototypes are means,
+    # whose norms are taken per block.
     norms = bool(getattr(head, "frame_norms", False))
-    match_with_norms: Callable[..., torch.Tensor] = head.match  # takes the norms (frame_norms)
     q_norm = q_enc.float().norm(dim=-1) if norms else None  # (Uq, T)
     s_norm = s_enc.float().norm(dim=-1) if norms and s_enc is not None and K == 1 else None
 
@@ -243,26 +247,50 @@ def _fast_logits(
         s_feats = _support_features(features, s_flat, device)
         supports = None if s_feats is None else (s_flat, s_feats)
 
+    def protos_of(a: int, b: int) -> torch.Tensor:
+        """Per-video prototypes of episodes ``a:b``: (e, W, T, D)."""
+        assert s_enc is not None and s_inv is not None
+        se = _take(s_enc, s_inv[a:b])  # (e, W*K, T, D)
+        protos = se.reshape(b - a, W, K, *se.shape[-2:])  # (e, W, K, T, D)
+        return protos[:, :, 0] if K == 1 else protos.mean(dim=2)  # (e, W, T, D)
+
+    # Frame-distance heads: the matmul runs on small sub-blocks, gathered just before, whose
+    # features stay in the CPU's cache; norms, distances and alignment on the whole block.
+    sub = _PRODUCT_BLOCK if norms and torch.device(device).type == "cpu" else chunk
+    otam_head = cast(OTAMMatching, head)  # used only when ``norms``
     for a in range(0, E, chunk):
         b = min(a + chunk, E)
-        qe = _take(q_enc, q_inv[a:b])  # (e, W*Q, T, D)
-        pn = None
+        merged = None
         if not per_video:
-            protos = _prototypes(
+            merged = _prototypes(
                 head, features, text, batch.slice(a, b), device, supports
             )  # (e, W, T, D)
-        else:
-            assert s_enc is not None and s_inv is not None
-            se = _take(s_enc, s_inv[a:b])  # (e, W*K, T, D)
-            protos = se.reshape(b - a, W, K, *se.shape[-2:])  # (e, W, K, T, D)
-            protos = protos[:, :, 0] if K == 1 else protos.mean(dim=2)  # (e, W, T, D)
-            if s_norm is not None:
-                pn = _take(s_norm, s_inv[a:b])  # (e, W, T) (K = 1)
         if q_norm is None:
-            yield a, b, head.match(qe, protos)  # (e, W*Q, W)
-        else:
-            qn = _take(q_norm, q_inv[a:b])  # (e, W*Q, T)
-            yield a, b, match_with_norms(qe, protos, query_norms=qn, proto_norms=pn)
+            protos = protos_of(a, b) if merged is None else merged
+            yield a, b, head.match(_take(q_enc, q_inv[a:b]), protos)  # (e, W*Q, W)
+            continue
+        products = p_norm = None
+        for c in range(a, b, sub):
+            d = min(c + sub, b)
+            protos = protos_of(c, d) if merged is None else merged[c - a : d - a]
+            part = otam_head.frame_products(_take(q_enc, q_inv[c:d]), protos)  # (e, W*Q*T, W*T)
+            if s_norm is None:  # prototypes are means (or merged): their norms, once
+                pn = protos.float().norm(dim=-1)  # (e, W, T)
+                if p_norm is None:
+                    p_norm = pn.new_empty((b - a, *pn.shape[1:]))
+                p_norm[c - a : d - a] = pn
+            if products is None:
+                if d == b:
+                    products = part
+                    break
+                products = part.new_empty((b - a, *part.shape[1:]))
+            products[c - a : d - a] = part
+        assert products is not None
+        if s_norm is not None:
+            assert s_inv is not None
+            p_norm = _take(s_norm, s_inv[a:b])  # (e, W, T)
+        assert p_norm is not None
+        yield a, b, otam_head.match_products(products, _take(q_norm, q_inv[a:b]), p_norm)
 
 
 #: Supports of merge-before prototypes are read from a float32 copy of the batch's support videos

@@ -101,7 +101,10 @@ class FewShotHead(nn.Module):
     ``name``, ``uses_text`` (needs class text), ``trainable`` (has parameters to train),
     ``description`` (one line for ``fsar heads``), ``frame_norms`` (``match`` also takes
     ``query_norms`` ``[..., N_q, T]`` and ``proto_norms`` ``[..., W, T]``, the float32 norms of
-    the frames, so the evaluator computes them once per video instead of once per pair).
+    the frames, so the evaluator computes them once per video instead of once per pair; and it
+    is ``match_products(frame_products(query, protos), norms)``, the frames' dot products then
+    distances and alignment, which the evaluator runs in blocks of different sizes: see
+    :class:`fsar_cli.models.otam.OTAMMatching`).
     ``init_kwargs`` holds the constructor arguments (plain values) so a checkpoint can rebuild
     the head.
     """

@@ -19,7 +19,7 @@ import torch
 from ..errors import EpisodeError, RecipeError
 from ..recipe import ModelCfg
 from .base import FewShotHead
-from .otam import cos_sim, otam_logits
+from .otam import OTAMMatching, cos_sim
 from .registry import register_head
 
 __all__ = ["ProtoHead", "OTAMHead", "TextHead"]
@@ -50,7 +50,7 @@ class ProtoHead(FewShotHead):
     "otam",
     description="OTAM (Cao et al., CVPR 2020): bidirectional soft OTAM on raw features",
 )
-class OTAMHead(FewShotHead):
+class OTAMHead(OTAMMatching, FewShotHead):
     """Bidirectional soft OTAM on the raw CLIP frames; prototype = frame-wise mean of the shots.
 
     Args:
@@ -59,7 +59,6 @@ class OTAMHead(FewShotHead):
     """
 
     name = "otam"
-    frame_norms = True
 
     def __init__(self, dim: int, otam_lambda: float = 0.5) -> None:
         super().__init__(dim=dim, otam_lambda=otam_lambda)
@@ -70,16 +69,6 @@ class OTAMHead(FewShotHead):
     @classmethod
     def kwargs_from_cfg(cls, cfg: ModelCfg) -> dict[str, Any]:
         return {"otam_lambda": cfg.otam_lambda}
-
-    def match(
-        self,
-        query_enc: torch.Tensor,
-        protos: torch.Tensor,
-        query_norms: torch.Tensor | None = None,
-        proto_norms: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``-(OTAM(D) + OTAM(Dᵀ))``, ``D = 1 - cos``: -> ``[..., N_q, W]`` (``frame_norms``)."""
-        return otam_logits(query_enc, protos, self.otam_lambda, query_norms, proto_norms)
 
 
 @register_head(

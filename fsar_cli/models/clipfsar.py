@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import EpisodeError, RecipeError
 from ..recipe import ModelCfg
 from .base import FewShotHead, group_support
-from .otam import cos_sim, otam_logits
+from .otam import OTAMMatching, cos_sim
 from .registry import register_head
 from .transformer import ResidualAdapter, TemporalTransformer
 
@@ -31,7 +31,7 @@ __all__ = ["CLIPFSARHead"]
     description="CLIP-FSAR (Wang et al., IJCV 2023): text token + temporal Transformer, "
     "bidirectional OTAM, video-text loss",
 )
-class CLIPFSARHead(FewShotHead):
+class CLIPFSARHead(OTAMMatching, FewShotHead):
     """CLIP-FSAR: prototypes modulated by the class text, matched with bidirectional soft OTAM.
 
     A one-layer temporal Transformer reads each support sequence with the class text feature
@@ -61,7 +61,6 @@ class CLIPFSARHead(FewShotHead):
     name = "clipfsar"  # per instance: "clipfsar-notext" when use_text=False
     uses_text = True
     trainable = True
-    frame_norms = True
 
     def __init__(
         self,
@@ -168,20 +167,6 @@ class CLIPFSARHead(FewShotHead):
     def prototypes(self, support: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
         """Class prototypes ``[E, W, T, D]`` from grouped supports ``[E, W, K, T, D]``."""
         return self._prototypes_adapted(self.adapt(support), text)
-
-    def match(
-        self,
-        query_enc: torch.Tensor,
-        protos: torch.Tensor,
-        query_norms: torch.Tensor | None = None,
-        proto_norms: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``-(OTAM(D) + OTAM(Dᵀ))`` with ``D = 1 - cos``: ``[..., N_q, T, D]`` x ``[..., W, T, D]``
-        -> ``[..., N_q, W]``; the frames' float32 norms may be passed (``frame_norms``)."""
-        with torch.autocast(query_enc.device.type, enabled=False):  # matching in float32
-            return otam_logits(
-                query_enc.float(), protos.float(), self.otam_lambda, query_norms, proto_norms
-            )
 
     def video_text_logits(self, videos: torch.Tensor, text_table: torch.Tensor) -> torch.Tensor:
         """``scale * cos(frame mean of adapted videos, text)``: ``[N,T,D]``, ``[C,D]`` -> ``[N,C]``.

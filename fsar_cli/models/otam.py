@@ -26,7 +26,16 @@ import math
 
 import torch
 
-__all__ = ["cos_sim", "frame_distances", "otam_distance", "otam_logits"]
+__all__ = [
+    "cos_sim",
+    "distances_from_products",
+    "frame_distances",
+    "frame_products",
+    "otam_align",
+    "otam_distance",
+    "otam_logits",
+    "OTAMMatching",
+]
 
 _LOG2 = math.log(2.0)
 #: The exp form is used while every alignment path's product stays above exp(-limit): float32's
@@ -62,6 +71,50 @@ def cos_sim(
     return num / (den + eps)
 
 
+def frame_products(query: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    """Dot products of every query frame with every prototype frame (the matmul of
+    :func:`frame_distances`).
+
+    Args:
+        query: ``[..., Nq, T, D]``.
+        protos: ``[..., W, T', D]`` (leading dims broadcast with ``query``'s).
+
+    Returns:
+        ``[..., Nq*T, W*T']``.
+    """
+    nq, t, d = query.shape[-3:]
+    w, ts = protos.shape[-3], protos.shape[-2]
+    q = query.reshape(*query.shape[:-3], nq * t, d)  # [..., Nq*T, D]
+    p = protos.reshape(*protos.shape[:-3], w * ts, d)  # [..., W*T', D]
+    return torch.matmul(q, p.transpose(-1, -2))
+
+
+def distances_from_products(
+    products: torch.Tensor,
+    query_norms: torch.Tensor,
+    proto_norms: torch.Tensor,
+    eps: float = 0.01,
+) -> torch.Tensor:
+    """``1 - cos`` from :func:`frame_products` and the frames' norms.
+
+    Args:
+        products: ``[..., Nq*T, W*T']``.
+        query_norms: ``[..., Nq, T]``; proto_norms: ``[..., W, T']``.
+        eps: cosine epsilon (0.01 in the reference), added to the product of the norms.
+
+    Returns:
+        ``[..., Nq, W, T, T']``: rows are query frames, columns prototype frames.
+    """
+    nq, t = query_norms.shape[-2:]
+    w, ts = proto_norms.shape[-2:]
+    qn = query_norms.reshape(*query_norms.shape[:-2], nq * t)
+    pn = proto_norms.reshape(*proto_norms.shape[:-2], w * ts)
+    den = qn.unsqueeze(-1) * pn.unsqueeze(-2)  # [..., Nq*T, 1] * [..., 1, W*T']
+    sim = products / (den + eps)
+    sim = sim.reshape(*sim.shape[:-2], nq, t, w, ts).transpose(-3, -2)  # [..., Nq, W, T, T']
+    return 1.0 - sim
+
+
 def frame_distances(
     query: torch.Tensor,
     protos: torch.Tensor,
@@ -76,20 +129,15 @@ def frame_distances(
         protos: ``[..., W, T', D]`` class prototypes (leading dims broadcast with ``query``'s).
         eps: cosine epsilon (0.01 in the reference).
         query_norms, proto_norms: the frames' norms ``[..., Nq, T]`` and ``[..., W, T']`` if
-            known (see :func:`cos_sim`).
+            known (computed once per video by the evaluator); computed here otherwise. The
+            arithmetic is :func:`cos_sim`'s either way.
 
     Returns:
         ``[..., Nq, W, T, T']``: rows are query frames, columns prototype frames.
     """
-    nq, t, d = query.shape[-3:]
-    w, ts = protos.shape[-3], protos.shape[-2]
-    q = query.reshape(*query.shape[:-3], nq * t, d)  # [..., Nq*T, D]
-    p = protos.reshape(*protos.shape[:-3], w * ts, d)  # [..., W*T', D]
-    qn = None if query_norms is None else query_norms.reshape(*query_norms.shape[:-2], nq * t)
-    pn = None if proto_norms is None else proto_norms.reshape(*proto_norms.shape[:-2], w * ts)
-    sim = cos_sim(q, p, eps, qn, pn)  # [..., Nq*T, W*T']
-    sim = sim.reshape(*sim.shape[:-2], nq, t, w, ts).transpose(-3, -2)  # [..., Nq, W, T, T']
-    return 1.0 - sim
+    qn = query.norm(dim=-1) if query_norms is None else query_norms
+    pn = protos.norm(dim=-1) if proto_norms is None else proto_norms
+    return distances_from_products(frame_products(query, protos), qn, pn, eps)
 
 
 def _otam_one_way(dists: torch.Tensor, lam: float) -> torch.Tensor:
@@ -237,6 +285,14 @@ def otam_distance(
     return _one_way(dists, lam, max_dist) + _one_way(dists.transpose(-1, -2), lam, max_dist)
 
 
+def otam_align(dists: torch.Tensor, lam: float) -> torch.Tensor:
+    """``-(OTAM(D) + OTAM(Dᵀ))`` of ``1 - cos`` frame distances ``[..., T, T]`` -> ``[...]``.
+
+    ``1 - cos <= 2``, so without gradients the exp form applies.
+    """
+    return -otam_distance(dists, lam, bidirectional=True, max_dist=2.0)
+
+
 def otam_logits(
     query: torch.Tensor,
     protos: torch.Tensor,
@@ -246,8 +302,50 @@ def otam_logits(
 ) -> torch.Tensor:
     """``-(OTAM(D) + OTAM(Dᵀ))`` with ``D = 1 - cos`` (reference epsilon): the match of the OTAM
     and CLIP-FSAR heads. ``[..., N_q, T, D]`` x ``[..., W, T, D]`` -> ``[..., N_q, W]``; the
-    frames' norms may be passed (see :func:`frame_distances`). ``1 - cos <= 2``, so without
-    gradients the exp form applies.
+    frames' norms may be passed (see :func:`frame_distances`).
     """
     dists = frame_distances(query, protos, 0.01, query_norms, proto_norms)  # [..., N_q, W, T, T]
-    return -otam_distance(dists, lam, bidirectional=True, max_dist=2.0)
+    return otam_align(dists, lam)
+
+
+class OTAMMatching:
+    """Mixin: a head's ``match`` as bidirectional OTAM of ``1 - cos`` frame distances, in two
+    stages the evaluator can run in blocks of different sizes (``frame_norms``).
+
+    ``frame_products`` (the matmul: gathered features should be in cache) and ``match_products``
+    (norms, distances and the alignment: elementwise, cheaper per element on large blocks). Both
+    run in float32 with autocast off. Needs ``otam_lambda``.
+    """
+
+    otam_lambda: float
+    frame_norms = True
+
+    def frame_products(self, query_enc: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+        """``[..., N_q, T, D]`` x ``[..., W, T, D]`` -> ``[..., N_q*T, W*T]``: float32 dot
+        products of the frames."""
+        with torch.autocast(query_enc.device.type, enabled=False):
+            return frame_products(query_enc.float(), protos.float())
+
+    def match_products(
+        self, products: torch.Tensor, query_norms: torch.Tensor, proto_norms: torch.Tensor
+    ) -> torch.Tensor:
+        """Products ``[..., N_q*T, W*T]`` and the frames' float32 norms ``[..., N_q, T]``,
+        ``[..., W, T]`` -> ``-(OTAM(D) + OTAM(Dᵀ))``, ``D = 1 - cos``: ``[..., N_q, W]``."""
+        with torch.autocast(products.device.type, enabled=False):
+            dists = distances_from_products(products, query_norms, proto_norms)
+            return otam_align(dists, self.otam_lambda)  # [..., N_q, W, T, T] -> [..., N_q, W]
+
+    def match(
+        self,
+        query_enc: torch.Tensor,
+        protos: torch.Tensor,
+        query_norms: torch.Tensor | None = None,
+        proto_norms: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``-(OTAM(D) + OTAM(Dᵀ))`` with ``D = 1 - cos`` (reference epsilon): ``[..., N_q, T, D]``
+        x ``[..., W, T, D]`` -> ``[..., N_q, W]``; the frames' float32 norms may be passed."""
+        with torch.autocast(query_enc.device.type, enabled=False):
+            q, p = query_enc.float(), protos.float()
+            qn = q.norm(dim=-1) if query_norms is None else query_norms
+            pn = p.norm(dim=-1) if proto_norms is None else proto_norms
+            return self.match_products(self.frame_products(q, p), qn, pn)

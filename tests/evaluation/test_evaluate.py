@@ -114,6 +114,26 @@ def test_merge_before_supports_read_from_the_store_when_too_big_to_copy(
     )
 
 
+@pytest.mark.parametrize("name", ["otam", "clipfsar"])
+@pytest.mark.parametrize("k_shot", [1, 3])
+def test_distances_in_sub_blocks_give_the_logits_of_whole_blocks(
+    store: FeatureStore, name: str, k_shot: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # frame-distance heads gather and multiply 16 episodes at a time and align the whole block
+    # at once (40 episodes: sub-blocks of 16, 16 and 8): bit for bit the logits of products
+    # computed for the whole block in one call
+    import fsar_cli.evaluation.batched as batched
+
+    head = _head(name, merge_before=k_shot == 1)  # 3-shot: merge-after (per-video supports)
+    batch = EpisodeSampler(store.labels, 5, k_shot, 2, seed=5).sample(40)
+    sub_blocked = episode_logits(head, store.features, store.text, batch)
+    monkeypatch.setattr(batched, "_PRODUCT_BLOCK", 1000)
+    whole = episode_logits(head, store.features, store.text, batch)
+    np.testing.assert_array_equal(sub_blocked, whole)
+    monkeypatch.setattr(batched, "_PRODUCT_BLOCK", 3)
+    np.testing.assert_array_equal(episode_logits(head, store.features, store.text, batch), whole)
+
+
 def test_fast_path_with_several_views(tmp_path: Path) -> None:
     store = synthetic_store(tmp_path / "test", n_classes=6, videos_per_class=5, dim=DIM, views=3)
     sampler = EpisodeSampler(store.labels, 5, 2, 1, seed=0, num_views=3, sample_views=True)
