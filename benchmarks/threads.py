@@ -1,7 +1,7 @@
 """Threads under load: fsar's default thread choice vs fixed settings, idle and with busy peers.
 
 For each command (``train``: 20 frozen steps of 4 episodes, clipfsar head, D = 512, synthetic
-store; ``eval``: 2,000 5-way 1-shot episodes of that head; ``cache``: 12 videos x 8 JPEG frames
+store; ``eval``: 6,000 5-way 1-shot episodes of that head; ``cache``: 12 videos x 8 JPEG frames
 through ``random:ViT-B/32``), each load (0, 1 and 2 busy-loop processes this script starts, each
 with a time limit, and always stops) and each setting, the command runs as
 ``python -m fsar_cli ...`` in a fresh process; the settings of one repeat run adjacent to each
@@ -13,10 +13,14 @@ other (order rotating), and the medians over ``--repeats`` are reported:
 - ``1 thread``: ``OMP_NUM_THREADS=1``;
 - ``N passive``: all N cores, ``OMP_WAIT_POLICY=PASSIVE``.
 
-Printed per command and load: each setting's median seconds and ``default / best`` (goal <=
-1.15). Train and eval are timed by the command itself (its "device / time" row: the work, not
-the imports); cache by the whole process (imports included, which dilutes its ratio). The load
-average is printed: a machine busy with other work makes every figure noisier.
+Printed per command and load: each setting's median seconds, ``default / best`` (goal <=
+1.15) and the thread counts the default chose (asked of ``fsar_cli.threads`` in a fresh process
+right before each default run): where it chose a setting that is also timed on its own (e.g. all
+cores, passive, under two busy loops on 2 cores), the gap between the two is the noise of the
+machine, not a worse choice. Train and eval are timed by the command itself (its "device /
+time" row: the work, not the imports); cache by the whole process (imports included, which
+dilutes its ratio). The load average is printed: a machine busy with other work makes every
+figure noisier.
 
 Usage: ``python benchmarks/threads.py [--repeats 2] [--loads 0,1,2] [--commands train,eval,cache]
 [--settings "default,2 passive"]``
@@ -84,7 +88,7 @@ def prepare(root: Path) -> dict[str, list[str]]:
         "name": "threads-bench",
         "features": {"cache_dir": str(cache)},
         "train": {"steps": 20, "episodes_per_step": 4, "val_every": 1000, "val_episodes": 20},
-        "eval": {"episodes": 2000, "n_query": 1},
+        "eval": {"episodes": 6000, "n_query": 1},
     }
     path = root / "recipe.yaml"
     path.write_text(json.dumps(recipe))  # JSON is YAML
@@ -148,6 +152,21 @@ def run_once(args: list[str], env_change: dict[str, str | None], tmp: Path, n: i
     return float(own.group(1)) if own else dt
 
 
+def default_threads(env_change: dict[str, str | None]) -> int:
+    """The thread count fsar's default would choose now (a fresh process, as a command's)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for k, v in env_change.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    probe = "from fsar_cli.threads import configure_threads; print(configure_threads().threads)"
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
+    return int(proc.stdout.strip())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2)
@@ -178,6 +197,7 @@ def main() -> None:
         for name in args.commands.split(","):
             for load in loads:
                 times: dict[str, list[float]] = {s: [] for s in sets}
+                chosen: list[int] = []
                 procs = busy_loops(load, limit=600)
                 try:
                     time.sleep(0.5 if load else 0.0)  # the neighbours are running
@@ -185,6 +205,8 @@ def main() -> None:
                     for r in range(args.repeats):
                         for s in order[r % len(order) :] + order[: r % len(order)]:
                             counter += 1
+                            if s == "default":
+                                chosen.append(default_threads(sets[s]))
                             times[s].append(run_once(cmds[name], sets[s], tmp, counter))
                 finally:
                     stop(procs)
@@ -193,7 +215,8 @@ def main() -> None:
                 cells = "  ".join(f"{s} {t:6.2f} s" for s, t in med.items())
                 print(
                     f"{name:5s} load {load}: {cells}  | default/best {med['default'] / best:.2f}x "
-                    f"(load average {os.getloadavg()[0]:.1f})"
+                    f"(default chose {'/'.join(map(str, chosen))} threads; load average "
+                    f"{os.getloadavg()[0]:.1f})"
                 )
 
 

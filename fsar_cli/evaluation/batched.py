@@ -269,27 +269,19 @@ def _fast_logits(
             protos = protos_of(a, b) if merged is None else merged
             yield a, b, head.match(_take(q_enc, q_inv[a:b]), protos)  # (e, W*Q, W)
             continue
-        products = p_norm = None
+        parts, proto_norms = [], []
         for c in range(a, b, sub):
             d = min(c + sub, b)
             protos = protos_of(c, d) if merged is None else merged[c - a : d - a]
-            part = otam_head.frame_products(_take(q_enc, q_inv[c:d]), protos)  # (e, W*Q*T, W*T)
-            if s_norm is None:  # prototypes are means (or merged): their norms, once
-                pn = protos.float().norm(dim=-1)  # (e, W, T)
-                if p_norm is None:
-                    p_norm = pn.new_empty((b - a, *pn.shape[1:]))
-                p_norm[c - a : d - a] = pn
-            if products is None:
-                if d == b:
-                    products = part
-                    break
-                products = part.new_empty((b - a, *part.shape[1:]))
-            products[c - a : d - a] = part
-        assert products is not None
+            parts.append(otam_head.frame_products(_take(q_enc, q_inv[c:d]), protos))
+            if s_norm is None:  # means (K > 1) or merged prototypes: their norms here
+                proto_norms.append(protos.float().norm(dim=-1))  # (e, W, T)
+        products = parts[0] if len(parts) == 1 else torch.cat(parts)  # (e, W*Q*T, W*T)
         if s_norm is not None:
             assert s_inv is not None
             p_norm = _take(s_norm, s_inv[a:b])  # (e, W, T)
-        assert p_norm is not None
+        else:
+            p_norm = proto_norms[0] if len(proto_norms) == 1 else torch.cat(proto_norms)
         yield a, b, otam_head.match_products(products, _take(q_norm, q_inv[a:b]), p_norm)
 
 
