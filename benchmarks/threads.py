@@ -128,14 +128,21 @@ def prepare(root: Path) -> dict[str, list[str]]:
     }
 
 
-def run_once(args: list[str], env_change: dict[str, str | None], tmp: Path, n: int) -> float:
-    """Seconds of one command: its own "device / time" row where it prints one, else the wall."""
-    env = {**os.environ, "FSAR_NO_PROGRESS": "1", "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-    for k, v in env_change.items():
+def environment(change: dict[str, str | None], **extra: str) -> dict[str, str]:
+    """This process's environment with the repository importable, ``extra`` set and a setting's
+    ``change`` applied (None: removed)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), **extra}
+    for k, v in change.items():
         if v is None:
             env.pop(k, None)
         else:
             env[k] = v
+    return env
+
+
+def run_once(args: list[str], env_change: dict[str, str | None], tmp: Path, n: int) -> float:
+    """Seconds of one command: its own "device / time" row where it prints one, else the wall."""
+    env = environment(env_change, FSAR_NO_PROGRESS="1", COLUMNS="200")
     argv = [a.format(tmp=tmp, n=n) for a in args]
     if argv[0] == "cache":  # a fresh cache folder per run
         doc = json.loads(Path(argv[1]).read_text())
@@ -154,12 +161,7 @@ def run_once(args: list[str], env_change: dict[str, str | None], tmp: Path, n: i
 
 def default_threads(env_change: dict[str, str | None]) -> int:
     """The thread count fsar's default would choose now (a fresh process, as a command's)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for k, v in env_change.items():
-        if v is None:
-            env.pop(k, None)
-        else:
-            env[k] = v
+    env = environment(env_change)
     probe = "from fsar_cli.threads import configure_threads; print(configure_threads().threads)"
     proc = subprocess.run(
         [sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, check=True

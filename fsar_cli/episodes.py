@@ -210,7 +210,6 @@ class EpisodeSampler:
         for w in range(W):  # class by class in episode order, as each episode's generator
             pos = which[:, w]
             picks[:, w] = table[pos[:, None], streams.choice(sizes[pos], K + Q)]
-        zeros = np.zeros((n, 1), np.int64)
         return EpisodeBatch(
             W,
             K,
@@ -218,8 +217,8 @@ class EpisodeSampler:
             self.classes[which],
             picks[:, :, :K].reshape(n, W * K),
             picks[:, :, K:].reshape(n, W * Q),
-            np.broadcast_to(zeros, (n, W * K)).copy(),
-            np.broadcast_to(zeros, (n, W * Q)).copy(),
+            np.zeros((n, W * K), np.int64),  # views: the first (views are not drawn here)
+            np.zeros((n, W * Q), np.int64),
         )
 
 

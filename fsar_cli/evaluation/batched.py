@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import cast
 
 import numpy as np
 import torch
@@ -54,7 +53,7 @@ __all__ = [
 
 _GROUP = 256  # sequences per encoder call: fixed, so an encoding never depends on the batch
 _MATCH_BLOCK = 128  # episodes per match call at most: bounded so the gathered blocks stay in cache
-#: Frame-distance heads on CPU: episodes per gather + frame-product step (one 5-way 1-shot step's
+#: OTAM heads on CPU: episodes per gather + frame-product step (one 5-way 1-shot step's
 #: gathered features are 1.3 MB per side, which stay in cache; 128 episodes' 10 MB do not).
 _PRODUCT_BLOCK = 16
 ProgressFn = Callable[..., None]
@@ -234,12 +233,12 @@ def _fast_logits(
             if shared is not None:
                 shared.support = s_enc
 
-    # Heads with ``frame_norms`` get every frame's norm computed once per video, not per pair
-    # (the same numbers: a norm reads the same row either way); K > 1 prototypes are means,
-    # whose norms are taken per block.
-    norms = bool(getattr(head, "frame_norms", False))
-    q_norm = q_enc.float().norm(dim=-1) if norms else None  # (Uq, T)
-    s_norm = s_enc.float().norm(dim=-1) if norms and s_enc is not None and K == 1 else None
+    # OTAM heads get every frame's norm computed once per video, not per pair (the same
+    # numbers: a norm reads the same row either way); K > 1 prototypes are means, whose norms
+    # are taken per block.
+    otam_head = head if isinstance(head, OTAMMatching) else None
+    q_norm = q_enc.float().norm(dim=-1) if otam_head else None  # (Uq, T)
+    s_norm = s_enc.float().norm(dim=-1) if otam_head and s_enc is not None and K == 1 else None
 
     supports = None
     if not per_video:
@@ -254,10 +253,9 @@ def _fast_logits(
         protos = se.reshape(b - a, W, K, *se.shape[-2:])  # (e, W, K, T, D)
         return protos[:, :, 0] if K == 1 else protos.mean(dim=2)  # (e, W, T, D)
 
-    # Frame-distance heads: the matmul runs on small sub-blocks, gathered just before, whose
+    # OTAM heads: the matmul runs on small sub-blocks, gathered just before, whose
     # features stay in the CPU's cache; norms, distances and alignment on the whole block.
-    sub = _PRODUCT_BLOCK if norms and torch.device(device).type == "cpu" else chunk
-    otam_head = cast(OTAMMatching, head)  # used only when ``norms``
+    sub = _PRODUCT_BLOCK if torch.device(device).type == "cpu" else chunk
     for a in range(0, E, chunk):
         b = min(a + chunk, E)
         merged = None
@@ -265,7 +263,7 @@ def _fast_logits(
             merged = _prototypes(
                 head, features, text, batch.slice(a, b), device, supports
             )  # (e, W, T, D)
-        if q_norm is None:
+        if otam_head is None or q_norm is None:
             protos = protos_of(a, b) if merged is None else merged
             yield a, b, head.match(_take(q_enc, q_inv[a:b]), protos)  # (e, W*Q, W)
             continue

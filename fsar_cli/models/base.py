@@ -99,14 +99,10 @@ class FewShotHead(nn.Module):
     both. The evaluator encodes supports one video at a time only for heads that override
     ``encode_support``, so an identity one costs nothing there. Class attributes:
     ``name``, ``uses_text`` (needs class text), ``trainable`` (has parameters to train),
-    ``description`` (one line for ``fsar heads``), ``frame_norms`` (``match`` also takes
-    ``query_norms`` ``[..., N_q, T]`` and ``proto_norms`` ``[..., W, T]``, the float32 norms of
-    the frames, so the evaluator computes them once per video instead of once per pair; and it
-    is ``match_products(frame_products(query, protos), norms)``, the frames' dot products then
-    distances and alignment, which the evaluator runs in blocks of different sizes: see
-    :class:`fsar_cli.models.otam.OTAMMatching`).
-    ``init_kwargs`` holds the constructor arguments (plain values) so a checkpoint can rebuild
-    the head.
+    ``description`` (one line for ``fsar heads``). Heads that match by OTAM of frame distances
+    inherit :class:`fsar_cli.models.otam.OTAMMatching`, whose two stages the evaluator runs in
+    blocks of different sizes. ``init_kwargs`` holds the constructor arguments (plain values) so
+    a checkpoint can rebuild the head.
     """
 
     name: str = ""
@@ -114,7 +110,6 @@ class FewShotHead(nn.Module):
     uses_text: bool = False
     trainable: bool = False
     merge_before: bool = True
-    frame_norms: bool = False
 
     def __init__(self, **init_kwargs: Any) -> None:
         super().__init__()

@@ -33,7 +33,6 @@ __all__ = [
     "frame_products",
     "otam_align",
     "otam_distance",
-    "otam_logits",
     "OTAMMatching",
 ]
 
@@ -293,24 +292,10 @@ def otam_align(dists: torch.Tensor, lam: float) -> torch.Tensor:
     return -otam_distance(dists, lam, bidirectional=True, max_dist=2.0)
 
 
-def otam_logits(
-    query: torch.Tensor,
-    protos: torch.Tensor,
-    lam: float,
-    query_norms: torch.Tensor | None = None,
-    proto_norms: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``-(OTAM(D) + OTAM(Dᵀ))`` with ``D = 1 - cos`` (reference epsilon): the match of the OTAM
-    and CLIP-FSAR heads. ``[..., N_q, T, D]`` x ``[..., W, T, D]`` -> ``[..., N_q, W]``; the
-    frames' norms may be passed (see :func:`frame_distances`).
-    """
-    dists = frame_distances(query, protos, 0.01, query_norms, proto_norms)  # [..., N_q, W, T, T]
-    return otam_align(dists, lam)
-
-
 class OTAMMatching:
     """Mixin: a head's ``match`` as bidirectional OTAM of ``1 - cos`` frame distances, in two
-    stages the evaluator can run in blocks of different sizes (``frame_norms``).
+    stages the evaluator can run in blocks of different sizes, with the frames' float32 norms
+    passed in (the evaluator computes them once per video instead of once per pair).
 
     ``frame_products`` (the matmul: gathered features should be in cache) and ``match_products``
     (norms, distances and the alignment: elementwise, cheaper per element on large blocks). Both
@@ -318,7 +303,6 @@ class OTAMMatching:
     """
 
     otam_lambda: float
-    frame_norms = True
 
     def frame_products(self, query_enc: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
         """``[..., N_q, T, D]`` x ``[..., W, T, D]`` -> ``[..., N_q*T, W*T]``: float32 dot
