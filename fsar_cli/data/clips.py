@@ -23,6 +23,7 @@ workers, and after a resume.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from torch.utils.data import Dataset
 from ..episodes import EpisodeSampler
 from ..errors import DataError, FsarError
 from ..recipe import Recipe
-from .frames import decode_video, list_frame_files, read_frame_files, sample_indices
+from .frames import list_frame_files, read_frame_files, read_planned_frames, sample_indices
 from .preprocess import crop_frames, crop_offset, resize_frames
 from .sources import locate
 from .splits import SplitEntry, load_split
@@ -96,9 +97,15 @@ def _read_sampled(
         uniq = sorted({int(i) for i in idx})
         loaded = dict(zip(uniq, read_frame_files([files[i] for i in uniq]), strict=True))
         return [loaded[int(i)] for i in idx]
-    frames = decode_video(source)  # the whole video, once; the frame count is what decodes
-    idx = sample_indices(len(frames), spec.num_frames, spec.sampling, rng)
-    return [frames[int(i)] for i in idx]
+
+    def planned(count: int) -> list[int]:  # a copy of the generator: the real draw comes below
+        r = copy.deepcopy(rng) if rng is not None else None
+        return [int(i) for i in sample_indices(count, spec.num_frames, spec.sampling, r)]
+
+    # One pass, keeping only the sampled frames; the frame count is what decodes.
+    n, kept = read_planned_frames(source, planned)
+    idx = sample_indices(n, spec.num_frames, spec.sampling, rng)
+    return [kept[int(i)] for i in idx]
 
 
 def augment_query(clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:

@@ -1,15 +1,17 @@
 """Reading frames: video files through OpenCV, frame folders of JPEGs, and temporal sampling.
 
 Frame counts always come from what actually decodes, never from the container's declared count
-(real files declare frames they do not contain). Frames are RGB uint8 ``[H, W, 3]``.
+(real files declare frames they do not contain); the declared count is only a guess of which frames
+to keep, checked against the decoded count (:func:`scan_video`). Frames are RGB uint8 ``[H, W, 3]``.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +21,8 @@ __all__ = [
     "VIDEO_EXTS",
     "FRAME_EXTS",
     "iter_video_frames",
+    "scan_video",
+    "read_planned_frames",
     "decode_video",
     "list_frame_files",
     "read_frame_files",
@@ -63,6 +67,15 @@ def _check_readable(path: Path) -> None:
         raise DataError(f"{path}: file is empty (0 bytes); re-download or remove it")
 
 
+def _open_video(path: Path) -> Any:  # a cv2.VideoCapture
+    _check_readable(path)
+    cap = _cv2().VideoCapture(str(path))
+    if not cap.isOpened():
+        cap.release()
+        raise DataError(f"{path}: not a video OpenCV can open (corrupt or unsupported codec)")
+    return cap
+
+
 def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
     """Yield every decodable frame of a video as RGB uint8 ``[H, W, 3]``, in order.
 
@@ -70,12 +83,9 @@ def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
         DataError: the file is missing, empty, unreadable, or not a video OpenCV can open.
     """
     path = Path(path)
-    _check_readable(path)
     cv2 = _cv2()
-    cap = cv2.VideoCapture(str(path))
+    cap = _open_video(path)
     try:
-        if not cap.isOpened():
-            raise DataError(f"{path}: not a video OpenCV can open (corrupt or unsupported codec)")
         while True:
             ok, frame = cap.read()
             if not ok or frame is None:
@@ -83,6 +93,81 @@ def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
             yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
     finally:
         cap.release()
+
+
+def scan_video(
+    path: str | Path,
+    wanted_for: Callable[[int], Collection[int]],
+    convert: Callable[[np.ndarray], Any] | None = None,
+    to_end: bool = True,
+) -> tuple[int, dict[int, Any]]:
+    """Decode a video front to back, keeping only some frames.
+
+    Every frame is decoded (codecs decode in order) but only the kept ones are converted to RGB
+    (and passed through ``convert``, e.g. a resize, as they arrive, so memory holds the kept frames
+    only): a fraction of the cost of :func:`iter_video_frames` when a few frames of many are kept.
+
+    Args:
+        wanted_for: the 0-based indices to keep, given the frame count the container declares
+            (0 when it declares none). The declaration can be wrong: compare the returned count.
+        convert: applied to each kept RGB uint8 ``[H, W, 3]`` frame; None keeps the frame.
+        to_end: count every frame that decodes; False stops after the last wanted frame.
+
+    Returns:
+        (frames scanned, ``{index: converted frame}`` of the wanted frames that decoded). With
+        ``to_end`` the count is every frame that decodes, as :func:`count_frames` gives.
+
+    Raises:
+        DataError: the file is missing, empty, unreadable, or not a video OpenCV can open.
+    """
+    path = Path(path)
+    cv2 = _cv2()
+    cap = _open_video(path)
+    try:
+        declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        wanted = {int(i) for i in wanted_for(max(declared, 0))}
+        last = max(wanted, default=-1)
+        kept: dict[int, Any] = {}
+        n = 0
+        while (to_end or n <= last) and cap.grab():
+            if n in wanted:
+                ok, frame = cap.retrieve()
+                if not ok or frame is None:  # as iter_video_frames: the decodable frames end here
+                    break
+                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                kept[n] = convert(rgb) if convert is not None else rgb
+            n += 1
+        return n, kept
+    finally:
+        cap.release()
+
+
+def read_planned_frames(
+    path: str | Path,
+    plan: Callable[[int], Collection[int]],
+    convert: Callable[[np.ndarray], Any] | None = None,
+) -> tuple[int, dict[int, Any]]:
+    """The frames ``plan(n)`` of a video, ``n`` being the number of frames that decode.
+
+    One :func:`scan_video` pass, keeping the frames planned from the container's declared count;
+    when the declaration was wrong (the decoded count plans other frames), a second pass up to the
+    last planned frame. ``plan`` must be a pure function of the count (copy any random generator).
+
+    Returns:
+        (n, ``{index: converted frame}`` holding at least the frames of ``plan(n)``).
+
+    Raises:
+        DataError: the video does not open, no frame decodes, or a frame decodes only once.
+    """
+    n, kept = scan_video(path, lambda declared: plan(declared) if declared > 0 else (), convert)
+    if n == 0:
+        raise DataError(f"{path}: no frame decodes (truncated or corrupt video)")
+    need = {int(i) for i in plan(n)}
+    if not need <= kept.keys():
+        _, kept = scan_video(path, lambda _: need, convert, to_end=False)
+        if not need <= kept.keys():
+            raise DataError(f"{path}: frame {min(need - kept.keys())} decoded once but not twice")
+    return n, kept
 
 
 def decode_video(path: str | Path) -> list[np.ndarray]:
@@ -131,7 +216,7 @@ def count_frames(source: str | Path) -> int:
     source = Path(source)
     if source.is_dir():
         return len(list_frame_files(source))
-    return sum(1 for _ in iter_video_frames(source))
+    return scan_video(source, lambda _: ())[0]
 
 
 def read_frames(

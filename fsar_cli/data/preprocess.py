@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .frames import iter_video_frames, list_frame_files, read_frame_files, sample_indices
+from .frames import list_frame_files, read_frame_files, read_planned_frames, sample_indices
 
 __all__ = [
     "CLIP_MEAN",
@@ -173,8 +173,9 @@ def plan_views(
 def load_views(source: str | Path, key: str, spec: ViewSpec) -> tuple[torch.Tensor, int]:
     """Read, sample, resize and crop all views of one video (a frame folder or a video file).
 
-    A video file is decoded once, front to back, and each frame is resized as it arrives, so the
-    memory held is ``frames x 3 x resize^2`` bytes, never the full-resolution video.
+    A video file is decoded once, front to back (twice when its container declares a wrong frame
+    count), and only the frames the views use are converted and resized, as they arrive: the
+    memory held is ``kept frames x 3 x resize^2`` bytes, never the full-resolution video.
 
     Returns:
         (uint8 [V, T, 3, crop, crop], frames available in the source).
@@ -191,13 +192,18 @@ def load_views(source: str | Path, key: str, spec: ViewSpec) -> tuple[torch.Tens
         resized = resize_frames(read_frame_files([files[i] for i in wanted]), spec.resize)
         row_of = {f: r for r, f in enumerate(wanted)}
     else:
-        resized_list = [resize_frames([f], spec.resize) for f in iter_video_frames(source)]
-        n = len(resized_list)
-        if n == 0:
-            raise DataError(f"{source}: no frame decodes (truncated or corrupt video)")
+
+        def resize(frame: np.ndarray) -> torch.Tensor:
+            return resize_frames([frame], spec.resize)  # [1, 3, R, R]
+
+        def planned(count: int) -> set[int]:
+            return {int(i) for idx, _ in plan_views(count, key, spec) for i in idx}
+
+        n, kept = read_planned_frames(source, planned, resize)
         plan = plan_views(n, key, spec)
-        resized = torch.cat(resized_list)  # [n, 3, R, R]
-        row_of = {f: f for f in range(n)}
+        order = sorted(planned(n))
+        resized = torch.cat([kept[i] for i in order])  # [frames used, 3, R, R]
+        row_of = {f: r for r, f in enumerate(order)}
     views = []
     for idx, offset in plan:
         rows = torch.as_tensor([row_of[int(i)] for i in idx], dtype=torch.long)

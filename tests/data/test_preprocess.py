@@ -19,7 +19,13 @@ from torchvision.transforms import (
 )
 from torchvision.transforms.functional import crop as tv_crop
 
-from fsar_cli.data.frames import read_frames, sample_indices
+from fsar_cli.data.frames import (
+    count_frames,
+    iter_video_frames,
+    read_frames,
+    sample_indices,
+    scan_video,
+)
 from fsar_cli.data.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
@@ -187,3 +193,78 @@ def test_load_views_errors_name_the_source(tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(DataError, match="no .jpg"):
         load_views(empty, "k", ViewSpec("test"))
+
+
+def _manual_views(source: Path, n: int, key: str, spec: ViewSpec) -> torch.Tensor:
+    views = []
+    for idx, (top, left) in plan_views(n, key, spec):
+        full = resize_frames(read_frames(source, idx), spec.resize)
+        views.append(full[:, :, top : top + spec.crop, left : left + spec.crop])
+    return torch.stack(views)
+
+
+def test_truncated_avi_declares_more_frames_than_decode_and_loads_the_decoded_ones(
+    shared: Path, tmp_path: Path
+) -> None:
+    """The AVI header still declares 164 frames; fewer decode. The views are planned on the frames
+    that decode (a second, shorter pass), as reading every frame would plan them."""
+    import cv2
+
+    data = (shared / "fixtures" / "videos" / "eye_makeup.avi").read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    declared = int(cv2.VideoCapture(str(cut)).get(cv2.CAP_PROP_FRAME_COUNT))
+    decoded = sum(1 for _ in iter_video_frames(cut))
+    assert 0 < decoded < declared  # the case under test
+    spec = ViewSpec("train", 8, 2, "random", "random", resize=64, crop=48, seed=3)
+    views, n = load_views(cut, "k", spec)
+    assert n == decoded == count_frames(cut)
+    assert torch.equal(views, _manual_views(cut, n, "k", spec))
+
+
+@pytest.mark.parametrize("lie", [+37, -50, "none"])
+def test_a_wrong_declared_frame_count_only_costs_a_second_pass(
+    shared: Path, monkeypatch: pytest.MonkeyPatch, lie: int | str
+) -> None:
+    """Whatever count the container declares (too many, too few, none), the views are those of
+    the frames that decode."""
+    import fsar_cli.data.frames as frames
+
+    source = shared / "fixtures" / "videos" / "cleaning_pool.mp4"
+    spec = ViewSpec("test", 8, 3, "random", "center", resize=64, crop=48)
+    honest, n = load_views(source, "k", spec)
+    calls = []
+
+    def lying(path, wanted_for, convert=None, to_end=True):  # type: ignore[no-untyped-def]
+        calls.append(to_end)
+        if to_end:  # the first pass: plan from a wrong declared count
+            wrong = 0 if lie == "none" else n + int(lie)
+            return scan_video(path, lambda _: wanted_for(wrong), convert, to_end)
+        return scan_video(path, wanted_for, convert, to_end)
+
+    monkeypatch.setattr(frames, "scan_video", lying)
+    views, n2 = load_views(source, "k", spec)
+    assert n2 == n and torch.equal(views, honest)
+    assert calls == [True, False]  # one full pass, one pass up to the last wanted frame
+    assert torch.equal(honest, _manual_views(source, n, "k", spec))
+
+
+def test_finetune_clips_sample_the_frames_that_decode(shared: Path, tmp_path: Path) -> None:
+    """The fine-tuning mode's clips (one pass keeping the sampled frames) are the frames that
+    sampling every decoded frame with the same generator picks; the generator advances once."""
+    from fsar_cli.data.clips import ClipSpec, _read_sampled
+
+    data = (shared / "fixtures" / "videos" / "eye_makeup.avi").read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) * 6 // 10])  # declares more frames than decode
+    sources = [*sorted((shared / "fixtures" / "videos").iterdir()), cut]
+    for sampling in ("random", "center"):
+        spec = ClipSpec(num_frames=8, sampling=sampling)
+        for k, source in enumerate(sources):
+            rng, twin = np.random.default_rng(k), np.random.default_rng(k)
+            got = _read_sampled(source, spec, rng)
+            every = list(iter_video_frames(source))
+            idx = sample_indices(len(every), 8, sampling, twin)
+            assert len(got) == 8
+            assert all(np.array_equal(a, every[int(i)]) for a, i in zip(got, idx, strict=True))
+            assert rng.random() == twin.random()  # both generators drew the same numbers
