@@ -8,6 +8,11 @@ before its holder removes it notices (the path no longer names the file it locke
 A lock can also be taken shared (``shared=True``): any number of shared holders run together and
 exclude every exclusive one (the shards of one ``fsar cache --shard i/n`` against an unsharded
 run into the same store). The last shared holder to leave removes the file.
+
+A flock belongs to the open file, which a forked child shares: the fine-tuning mode's DataLoader
+workers (forked processes) would keep a killed ``fsar train``'s run-folder lock alive until they
+noticed their parent's death and exited. A fork hook therefore points the child's copies of held
+lock descriptors at ``/dev/null``: only the process that took a lock holds it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,25 @@ from pathlib import Path
 from .errors import OutputError
 
 __all__ = ["hold", "lock_path_for"]
+
+_HELD: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _drop_in_child() -> None:
+    """After a fork, in the child: let go of the parent's locks (the descriptor numbers stay
+    valid, on /dev/null, for whatever code still closes them)."""
+    if not _HELD:
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        for fd in _HELD:
+            os.dup2(null, fd)
+    finally:
+        os.close(null)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_in_child)
 
 
 def lock_path_for(path: str | Path, tag: str = "") -> Path:
@@ -80,11 +104,13 @@ def hold(
         if same:
             break
         os.close(fd)  # its holder removed the file between our open and our lock: try again
+    _HELD.add(fd)
     try:
         os.ftruncate(fd, 0)  # shared holders: the latest one is named
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         yield lock
     finally:
+        _HELD.discard(fd)
         try:
             if shared:  # remove the file only when no other shared holder is left
                 try:

@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -175,6 +176,40 @@ def test_lock_names_the_holder_and_survives_kill_9(tmp_path: Path) -> None:
     with locks.hold(tmp_path / "run", what="run folder", way_out="-") as lock:  # not stale
         assert lock.read_text().split()[0] == str(os.getpid())
     assert not lock.exists()  # a clean release leaves no file behind
+
+
+_HOLD_AND_FORK = """
+import os, sys, time
+from fsar_cli import locks
+with locks.hold(sys.argv[1], what="x", way_out="y"):
+    child = os.fork()  # as DataLoader forks decode workers while the lock is held
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_forked_worker_does_not_keep_a_killed_holders_lock(tmp_path: Path) -> None:
+    """The lock goes with its holder's death even while a worker it forked lives on."""
+    from fsar_cli import locks
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_AND_FORK, str(run)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None
+    child = int(proc.stdout.readline())
+    try:
+        proc.kill()
+        proc.wait()
+        os.kill(child, 0)  # the worker is still alive
+        with locks.hold(run, what="run folder", way_out="-") as lock:
+            assert lock.read_text().split()[0] == str(os.getpid())
+    finally:
+        os.kill(child, signal.SIGKILL)
 
 
 def test_second_train_on_one_run_folder_is_refused(tmp_path: Path) -> None:
