@@ -41,9 +41,12 @@ from fsar_cli.data.frames import read_frames  # noqa: E402
 from fsar_cli.data.preprocess import ViewSpec, load_views, normalize, preprocess_frames  # noqa: E402
 from fsar_cli.encoders.clip import load_encoder  # noqa: E402
 from fsar_cli.features.cache import cache_features  # noqa: E402
-from fsar_cli.recipe import recipe_from_dict  # noqa: E402
+from fsar_cli.recipe import Recipe, recipe_from_dict  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# ../shared beside the checkout, or FSAR_SHARED (a machine where the checkout travels alone)
+SHARED = Path(
+    os.environ.get("FSAR_SHARED") or Path(__file__).resolve().parents[1].parent / "shared"
+)
 T = 8
 
 
@@ -101,7 +104,7 @@ def main() -> None:
         images = torch.cat([preprocess_frames(read_frames(f), spec.resize, res) for f in folders])
         encoder.encode_images(images[: args.batch_size], args.batch_size)  # warm-up
 
-        def recipe(run: int) -> object:
+        def recipe(run: int) -> Recipe:
             return recipe_from_dict(
                 {
                     "name": "bench",

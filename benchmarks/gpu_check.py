@@ -25,15 +25,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
-from typing import Any
 
-import torch
+from fsar_cli.threads import configure_threads
+
+# As the fsar CLI does, before torch starts: the thread count, and OpenMP threads that sleep when
+# they wait (spinning ones take the cores the decode workers need).
+THREADS = configure_threads()
+
+import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -52,7 +59,7 @@ def finetune(args: argparse.Namespace) -> list[Row]:
         cmd = [sys.executable, str(HERE / "finetune_memory.py"), "--child", "--arch", arch]
         cmd += ["--device", args.device, "--steps", "1" if args.tiny else "3"]
         cmd += ["--warmup", "0" if args.tiny else "1"] + (["--ckpt"] if ckpt else [])
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if out.returncode or not line:
             rows.append((f"finetune {arch} ckpt={ckpt}", "FAILED: " + out.stderr[-200:], ""))
@@ -122,82 +129,113 @@ def frozen(args: argparse.Namespace, dev: torch.device) -> list[Row]:
 def cache(args: argparse.Namespace, dev: torch.device) -> list[Row]:
     import cache_throughput as ct
 
-    from fsar_cli.data.frames import read_frames
-    from fsar_cli.data.preprocess import ViewSpec, load_views, normalize, preprocess_frames
+    from fsar_cli.data.preprocess import ViewSpec, load_views
     from fsar_cli.encoders.clip import load_encoder
     from fsar_cli.features.cache import cache_features
-    from fsar_cli.recipe import recipe_from_dict
+    from fsar_cli.recipe import FeaturesCfg, recipe_from_dict
 
     arch = "random:tiny" if args.tiny else "random:ViT-B/16"
-    videos, bs = (4, 16) if args.tiny else (48, 128)
-    enc = load_encoder(arch, device=str(dev))
-    if dev.type == "cuda":
-        enc.model.half()
+    # JPEG folders: `base` cut from the fixture videos, copied up to `n_jpeg` (enough frames for
+    # the encoder to run for seconds); video files: `n_video` copies of the four fixture videos.
+    base, n_jpeg, n_video, bs = (4, 4, 4, 16) if args.tiny else (48, 512, 48, 128)
+    enc = load_encoder(arch, device=str(dev))  # fp16 autocast on CUDA, as `fsar cache` runs it
     res, T = enc.input_resolution, ct.T
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        folders = ct.make_frames(tmp / "frames", videos)
-        n = videos * T
-        spec = ViewSpec("test", T, 1, "center", "center", resize=res * 8 // 7, crop=res)
-        t0 = time.perf_counter()
-        for f in folders:
-            normalize(load_views(f, f.name, spec)[0].flatten(0, 1))
-        decode_fps = n / (time.perf_counter() - t0)
-        images = torch.cat([preprocess_frames(read_frames(f), spec.resize, res) for f in folders])
-        enc.encode_images(images[:bs], bs)  # warm-up
-        _sync(dev)
-        t0 = time.perf_counter()
-        enc.encode_images(images, bs)
-        _sync(dev)
-        enc_fps = n / (time.perf_counter() - t0)
-        # the same entries as video files (the fixture videos, copied under the split layout)
+        folders = ct.make_frames(tmp / "frames", base)
+        for v in range(base, n_jpeg):
+            dst = tmp / "frames" / "test" / f"test{v % 4}" / f"{v:05d}"
+            shutil.copytree(folders[v % base], dst)
+            folders.append(dst)
+        (tmp / "frames" / "test_few_shot.txt").write_text(
+            "".join(f"test{v % 4}/{v:05d}\n" for v in range(n_jpeg))
+        )
         videos_root = tmp / "videos"
         sources = sorted((ct.SHARED / "fixtures" / "videos").iterdir())
-        for v in range(videos):
+        files = []
+        for v in range(n_video):
             src = sources[v % len(sources)]
             dst = videos_root / "test" / f"test{v % 4}" / f"{v:05d}{src.suffix}"
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
-        need = math.ceil(enc_fps / max(decode_fps, 1e-9))
-        rows: list[Row] = []
-        for kind in ("JPEG folders", "video files"):
-            data = {
-                "split_dir": str(tmp / "frames"),
-                "frames_root": str(tmp / "frames"),
-                "frames_layout": "{split}/{class_field}/{video_id}",
-                "root": str(videos_root),
-                "video_layout": "{split}/{class_field}/{video_id}.{ext}",
-                "video_exts": ["mp4", "avi"],
-                "classes": {"test": ["a", "b", "c", "d"]},
-            }
-            features = {
-                "encoder": arch,
-                "num_frames": T,
-                "resize": spec.resize,
-                "crop": res,
-                "batch_size": bs,
-                "chunk_videos": 64,
-                "cache_dir": str(tmp / f"cache-{kind[0]}"),
-                "sampling": {"test": "center"},
-                "source": "frames" if kind == "JPEG folders" else "videos",
-            }
-            recipe = recipe_from_dict({"name": "gpu-check", "data": data, "features": features})
+            files.append(dst)
+        (videos_root / "test_few_shot.txt").write_text(
+            "".join(f"test{v % 4}/{v:05d}\n" for v in range(n_video))
+        )
+        spec = ViewSpec("test", T, 1, "center", "center", resize=res * 8 // 7, crop=res)
+
+        def one_worker(sources: list[Path]) -> tuple[float, torch.Tensor]:
+            """Frames/s of decode + preprocess in one thread, and the uint8 crops."""
+            load_views(sources[0], sources[0].name, spec)  # warm-up (codec, allocator)
             t0 = time.perf_counter()
-            result = cache_features(recipe, ("test",), encoder=enc, device=str(dev))
-            pipe_fps = n / (time.perf_counter() - t0)
-            ok = result.splits["test"].ok
-            if ok != videos:
-                raise SystemExit(f"cache from {kind}: {ok} of {videos} videos cached")
-            rows.append(
-                (
-                    f"cache {arch}{' fp16' if dev.type == 'cuda' else ''}, {kind}, "
-                    f"{recipe.features.workers} workers",
-                    f"pipeline {pipe_fps:.0f} / encoder {enc_fps:.0f} frames/s = "
-                    f"{pipe_fps / enc_fps:.2f} ({ok}/{videos} videos); one decode worker "
-                    f"{decode_fps:.0f} frames/s (JPEG): {need} workers needed",
-                    ">= 0.9",
+            clips = [load_views(f, f.name, spec)[0].flatten(0, 1) for f in sources]
+            return len(sources) * T / (time.perf_counter() - t0), torch.cat(clips)
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as a decode worker runs (one torch thread each)
+        jpeg_fps, crops = one_worker(folders[:base])
+        video_fps, _ = one_worker(files[: min(4, n_video)])
+        torch.set_num_threads(threads)
+        crops = crops.repeat(math.ceil(n_jpeg / base), 1, 1, 1)[: n_jpeg * T]
+
+        def encoder_alone() -> float:  # the pipeline's own encoder call on crops in memory
+            _sync(dev)
+            t0 = time.perf_counter()
+            for i in range(0, len(crops), bs):
+                enc.encode_uint8(crops[i : i + bs])
+            _sync(dev)
+            return len(crops) / (time.perf_counter() - t0)
+
+        encoder_alone()  # warm-up
+        enc_fps = max(encoder_alone() for _ in range(3))
+        cores = os.cpu_count() or 1
+        rows: list[Row] = []
+        for kind, one_fps, n in (
+            ("JPEG folders", jpeg_fps, n_jpeg),
+            ("video files", video_fps, n_video),
+        ):
+            need = math.ceil(enc_fps / max(one_fps, 1e-9))
+            default = FeaturesCfg().workers
+            for workers in dict.fromkeys((default, min(need, cores))):
+                split_dir = tmp / ("frames" if kind == "JPEG folders" else "videos")
+                data = {
+                    "split_dir": str(split_dir),
+                    "frames_root": str(tmp / "frames"),
+                    "frames_layout": "{split}/{class_field}/{video_id}",
+                    "root": str(videos_root),
+                    "video_layout": "{split}/{class_field}/{video_id}.{ext}",
+                    "video_exts": ["mp4", "avi"],
+                    "classes": {"test": ["a", "b", "c", "d"]},
+                }
+                features = {
+                    "encoder": arch,
+                    "num_frames": T,
+                    "resize": spec.resize,
+                    "crop": res,
+                    "batch_size": bs,
+                    "workers": workers,
+                    "chunk_videos": 64,
+                    "cache_dir": str(tmp / f"cache-{kind[0]}-{workers}"),
+                    "sampling": {"test": "center"},
+                    "source": "frames" if kind == "JPEG folders" else "videos",
+                }
+                recipe = recipe_from_dict({"name": "gpu-check", "data": data, "features": features})
+                t0 = time.perf_counter()
+                result = cache_features(recipe, ("test",), encoder=enc, device=str(dev))
+                pipe_fps = n * T / (time.perf_counter() - t0)
+                ok = result.splits["test"].ok
+                if ok != n:
+                    raise RuntimeError(f"cache from {kind}: {ok} of {n} videos cached")
+                how = ("default " if workers == default else "") + f"{workers} workers"
+                rows.append(
+                    (
+                        f"cache {arch}{' fp16' if dev.type == 'cuda' else ''}, {kind}, {how}",
+                        f"pipeline {pipe_fps:.0f} / encoder {enc_fps:.0f} frames/s = "
+                        f"{pipe_fps / enc_fps:.2f} ({ok} videos); one worker decodes "
+                        f"{one_fps:.0f} frames/s: {need} workers needed, {cores} cores",
+                        ">= 0.9",
+                    )
                 )
-            )
     return rows
 
 
@@ -238,25 +276,41 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="tiny sizes: an end-to-end smoke run")
     args = ap.parse_args()
     dev = torch.device(args.device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
     t0 = time.perf_counter()
-    rows: list[Any] = []
-    for part in (
-        lambda: finetune(args),
-        lambda: frozen(args, dev),
-        lambda: cache(args, dev),
-        lambda: evaluation(args, dev),
-    ):
-        rows += part()
+    rows: list[Row] = []
+    parts = (
+        ("finetune", lambda: finetune(args)),
+        ("frozen training", lambda: frozen(args, dev)),
+        ("cache", lambda: cache(args, dev)),
+        ("eval", lambda: evaluation(args, dev)),
+    )
+    for name, part in parts:  # one part failing still leaves the others' rows
+        t1 = time.perf_counter()
+        try:
+            new = part()
+        except Exception as e:  # noqa: BLE001 - reported in the table, exit status 1
+            traceback.print_exc()
+            new = [(name, f"FAILED: {type(e).__name__}: {e}"[:300], "")]
+        print(f"[{time.perf_counter() - t0:.0f} s] {name} ({time.perf_counter() - t1:.0f} s)")
+        for r in new:
+            print("    " + " | ".join(r), flush=True)
+        rows += new
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     print(
-        f"gpu_check on {name} ({args.device}{', tiny' if args.tiny else ''}), "
-        f"{time.perf_counter() - t0:.0f} s"
+        f"\ngpu_check on {name_of(dev)} ({args.device}{', tiny' if args.tiny else ''}), "
+        f"torch {torch.__version__}, {THREADS.threads} CPU threads ({THREADS.source}, "
+        f"OMP_WAIT_POLICY={THREADS.wait_policy}), {time.perf_counter() - t0:.0f} s"
     )
     print(f"{'check':{w[0]}} | {'measured':{w[1]}} | goal")
     print(f"{'-' * w[0]}-+-{'-' * w[1]}-+-{'-' * max(4, w[2])}")
     for r in rows:
         print(f"{r[0]:{w[0]}} | {r[1]:{w[1]}} | {r[2]}")
+    if any(r[1].startswith("FAILED") for r in rows):
+        sys.exit(1)
+
+
+def name_of(dev: torch.device) -> str:
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
 
 
 if __name__ == "__main__":
