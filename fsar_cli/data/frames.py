@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ VIDEO_EXTS = (
     ".3gp",
 )
 FRAME_EXTS = (".jpg", ".jpeg", ".png")
+Convert = Callable[[np.ndarray], Any]  # what becomes of a kept RGB frame (a resize, say)
 _NUM = re.compile(r"(\d+)")
 
 
@@ -67,13 +69,18 @@ def _check_readable(path: Path) -> None:
         raise DataError(f"{path}: file is empty (0 bytes); re-download or remove it")
 
 
-def _open_video(path: Path) -> Any:  # a cv2.VideoCapture
+@contextmanager
+def _video(path: Path) -> Iterator[tuple[Any, Any]]:
+    """(cv2, an open cv2.VideoCapture) of ``path``, released on exit."""
     _check_readable(path)
-    cap = _cv2().VideoCapture(str(path))
-    if not cap.isOpened():
+    cv2 = _cv2()
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise DataError(f"{path}: not a video OpenCV can open (corrupt or unsupported codec)")
+        yield cv2, cap
+    finally:
         cap.release()
-        raise DataError(f"{path}: not a video OpenCV can open (corrupt or unsupported codec)")
-    return cap
 
 
 def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
@@ -82,23 +89,18 @@ def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
     Raises:
         DataError: the file is missing, empty, unreadable, or not a video OpenCV can open.
     """
-    path = Path(path)
-    cv2 = _cv2()
-    cap = _open_video(path)
-    try:
+    with _video(Path(path)) as (cv2, cap):
         while True:
             ok, frame = cap.read()
             if not ok or frame is None:
                 break
             yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-    finally:
-        cap.release()
 
 
 def scan_video(
     path: str | Path,
     wanted_for: Callable[[int], Collection[int]],
-    convert: Callable[[np.ndarray], Any] | None = None,
+    convert: Convert | None = None,
     to_end: bool = True,
 ) -> tuple[int, dict[int, Any]]:
     """Decode a video front to back, keeping only some frames.
@@ -120,10 +122,7 @@ def scan_video(
     Raises:
         DataError: the file is missing, empty, unreadable, or not a video OpenCV can open.
     """
-    path = Path(path)
-    cv2 = _cv2()
-    cap = _open_video(path)
-    try:
+    with _video(Path(path)) as (cv2, cap):
         declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         wanted = {int(i) for i in wanted_for(max(declared, 0))}
         last = max(wanted, default=-1)
@@ -138,14 +137,10 @@ def scan_video(
                 kept[n] = convert(rgb) if convert is not None else rgb
             n += 1
         return n, kept
-    finally:
-        cap.release()
 
 
 def read_planned_frames(
-    path: str | Path,
-    plan: Callable[[int], Collection[int]],
-    convert: Callable[[np.ndarray], Any] | None = None,
+    path: str | Path, plan: Callable[[int], Collection[int]], *, convert: Convert | None = None
 ) -> tuple[int, dict[int, Any]]:
     """The frames ``plan(n)`` of a video, ``n`` being the number of frames that decode.
 

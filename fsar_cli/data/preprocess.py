@@ -199,7 +199,7 @@ def load_views(source: str | Path, key: str, spec: ViewSpec) -> tuple[torch.Tens
         def planned(count: int) -> set[int]:
             return {int(i) for idx, _ in plan_views(count, key, spec) for i in idx}
 
-        n, kept = read_planned_frames(source, planned, resize)
+        n, kept = read_planned_frames(source, planned, convert=resize)
         plan = plan_views(n, key, spec)
         order = sorted(planned(n))
         resized = torch.cat([kept[i] for i in order])  # [frames used, 3, R, R]
