@@ -1,7 +1,8 @@
 """GPU checks in one run, one summary table: finetune memory, frozen training, cache, evaluation.
 
-Prepared for the day a GPU is lent (``python benchmarks/gpu_check.py``, under 8 minutes on one
-GPU, no internet: every CLIP is ``random:<arch>``, random weights, speed does not depend on them).
+``python benchmarks/gpu_check.py``: 62 s on one H200 (README, "On a GPU"), no internet: every
+CLIP is ``random:<arch>``, random weights (speed does not depend on them). Threads are configured
+as the fsar CLI configures them. A part that fails reports FAILED in its row (exit status 1).
 ``--device cpu --tiny`` runs the same code end to end in seconds (tiny encoder, D = 32, few
 episodes): the test suite runs it so the GPU run has no surprises.
 
@@ -11,10 +12,10 @@ episodes): the test suite runs it so the GPU run has no surprises.
    Goal: < 12 GB.
 2. frozen training: episodes/s of the batched step (``train_step`` on 16 episodes at once) vs a
    per-episode loop (``train_step`` on one episode at a time) on the same device. Goal >= 10x.
-3. cache: frames/s of the encoder alone (fp16 on CUDA) vs the whole ``cache_features`` pipeline
-   from JPEG frame folders and from video files, and one decode worker's frames/s (the workers the
-   encoder needs).
-   Goal >= 0.9.
+3. cache: frames/s of the encoder alone (``encode_uint8``, the pipeline's own call: fp16 autocast
+   on CUDA) vs the whole ``cache_features`` pipeline, from 512 JPEG frame folders and from 48
+   video files, with the default workers and with the workers the encoder needs (encoder rate /
+   one decode thread's rate, at most the cores). Goal >= 0.9.
 4. evaluation: 10,000 5-way episodes, 1-shot and 5-shot (``episode_accuracies``).
 
 Usage: ``python benchmarks/gpu_check.py [--device cuda] [--tiny]``
