@@ -154,10 +154,17 @@ def read_planned_frames(
     Raises:
         DataError: the video does not open, no frame decodes, or a frame decodes only once.
     """
-    n, kept = scan_video(path, lambda declared: plan(declared) if declared > 0 else (), convert)
+    plans: dict[int, set[int]] = {}  # by frame count: the declared one is usually the decoded one
+
+    def planned(count: int) -> set[int]:
+        if count not in plans:
+            plans[count] = {int(i) for i in plan(count)} if count > 0 else set()
+        return plans[count]
+
+    n, kept = scan_video(path, planned, convert)
     if n == 0:
         raise DataError(f"{path}: no frame decodes (truncated or corrupt video)")
-    need = {int(i) for i in plan(n)}
+    need = planned(n)
     if not need <= kept.keys():
         _, kept = scan_video(path, lambda _: need, convert, to_end=False)
         if not need <= kept.keys():
@@ -219,8 +226,8 @@ def read_frames(
 ) -> list[np.ndarray]:
     """Frames ``indices`` (0-based) of a frame folder or video file; all frames if None.
 
-    For a video the whole file is decoded once (sequential decoding is what codecs do well) and the
-    wanted frames are kept, so repeated indices cost nothing extra.
+    For a video the file is decoded once, up to the last wanted frame (sequential decoding is what
+    codecs do well), and only the wanted frames are converted, so repeated indices cost nothing.
     """
     source = Path(source)
     if source.is_dir():
@@ -237,16 +244,10 @@ def read_frames(
         return decode_video(source)
     idx = [int(i) for i in indices]
     wanted = set(idx)
-    kept: dict[int, np.ndarray] = {}
-    n = 0
-    for n, frame in enumerate(iter_video_frames(source)):
-        if n in wanted:
-            kept[n] = frame
-        if len(kept) == len(wanted):
-            break
+    n, kept = scan_video(source, lambda _: wanted, to_end=False)
     missing = wanted - kept.keys()
     if missing:
-        raise DataError(f"{source}: frame {max(missing)} asked for but only {n + 1} decode")
+        raise DataError(f"{source}: frame {max(missing)} asked for but only {n} decode")
     return [kept[i] for i in idx]
 
 

@@ -201,7 +201,7 @@ def load_views(source: str | Path, key: str, spec: ViewSpec) -> tuple[torch.Tens
 
         n, kept = read_planned_frames(source, planned, convert=resize)
         plan = plan_views(n, key, spec)
-        order = sorted(planned(n))
+        order = sorted({int(i) for idx, _ in plan for i in idx})
         resized = torch.cat([kept[i] for i in order])  # [frames used, 3, R, R]
         row_of = {f: r for r, f in enumerate(order)}
     views = []

@@ -66,6 +66,13 @@ def cos_sim(
     num = torch.matmul(x, y.transpose(-1, -2))  # [..., N, M]
     xn = x.norm(dim=-1) if x_norm is None else x_norm
     yn = y.norm(dim=-1) if y_norm is None else y_norm
+    return _cos_from_products(num, xn, yn, eps)
+
+
+def _cos_from_products(
+    num: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """``num / (|x| |y| + eps)``: products ``[..., N, M]``, norms ``[..., N]`` and ``[..., M]``."""
     den = xn.unsqueeze(-1) * yn.unsqueeze(-2)  # [..., N, 1] * [..., 1, M] -> [..., N, M]
     return num / (den + eps)
 
@@ -108,8 +115,7 @@ def distances_from_products(
     w, ts = proto_norms.shape[-2:]
     qn = query_norms.reshape(*query_norms.shape[:-2], nq * t)
     pn = proto_norms.reshape(*proto_norms.shape[:-2], w * ts)
-    den = qn.unsqueeze(-1) * pn.unsqueeze(-2)  # [..., Nq*T, 1] * [..., 1, W*T']
-    sim = products / (den + eps)
+    sim = _cos_from_products(products, qn, pn, eps)  # [..., Nq*T, W*T']
     sim = sim.reshape(*sim.shape[:-2], nq, t, w, ts).transpose(-3, -2)  # [..., Nq, W, T, T']
     return 1.0 - sim
 
