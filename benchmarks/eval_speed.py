@@ -99,13 +99,14 @@ class Instrumented:
         self.head, self.ffn = head, ffn
         self.t: dict[str, float] = defaultdict(float)
         self.flops = 0.0
+        self.product_flops = 0.0
         for name in _TRANSFORMER + _MATCHING:
             if hasattr(head, name):
                 setattr(head, name, self._wrap(name, getattr(head, name)))
 
     def reset(self) -> None:
         self.t.clear()
-        self.flops = 0.0
+        self.flops = self.product_flops = 0.0
 
     def _wrap(self, name: str, fn: Any) -> Any:
         def call(*args: Any, **kw: Any) -> Any:
@@ -113,7 +114,11 @@ class Instrumented:
             t0 = time.perf_counter()
             out = fn(*args, **kw)
             matching = name in _MATCHING
-            self.t["matching" if matching else "transformer"] += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            self.t["matching" if matching else "transformer"] += dt
+            if name == "frame_products":  # [..., Nq*T, D] x [..., W*T, D]
+                self.t["products"] += dt
+                self.product_flops += 2.0 * out.numel() * x.shape[-1]
             if not matching:
                 t, d = x.shape[-2], x.shape[-1]
                 seqs = x[..., 0, 0, 0].numel() if name == "prototypes" else x[..., 0, 0].numel()
@@ -176,7 +181,9 @@ def main() -> None:
                     "sampling": t_sample,
                     "transformer": inst.t["transformer"],
                     "matching": inst.t["matching"],
+                    "products": inst.t["products"],
                     "flops": inst.flops,
+                    "product_flops": inst.product_flops,
                 }
             )
             if args.precision == "bf16":  # adjacent pair
@@ -197,6 +204,14 @@ def main() -> None:
             f"window, {med['flops'] / med['transformer'] / 1e9 / typical:.0%} of the median) "
             f"| matching {med['matching']:.3f} s | other (gathers, arg-max) {other:.3f} s"
         )
+        if med["products"] > 0:
+            rate = med["product_flops"] / med["products"] / 1e9
+            print(
+                f"  matching = frame products {med['products']:.3f} s "
+                f"({med['product_flops'] / 1e9:.1f} GFLOP: {rate:.0f} GFLOP/s = {rate / peak:.0%} "
+                f"of the best matmul window) + cosine and OTAM "
+                f"{med['matching'] - med['products']:.3f} s"
+            )
         if args.precision == "bf16":
             fp32_eval = [r["total"] - r["sampling"] for r in runs]
             ratios = [a / b for a, b in zip(fp32_eval, bf16_runs, strict=True)]

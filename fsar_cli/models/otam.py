@@ -22,6 +22,7 @@ so a pair's distance never depends on the other pairs it is computed with.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -77,13 +78,16 @@ def _cos_from_products(
     return num / (den + eps)
 
 
-def frame_products(query: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+def frame_products(
+    query: torch.Tensor, protos: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Dot products of every query frame with every prototype frame (the matmul of
     :func:`frame_distances`).
 
     Args:
         query: ``[..., Nq, T, D]``.
         protos: ``[..., W, T', D]`` (leading dims broadcast with ``query``'s).
+        out: ``[..., Nq*T, W*T']`` to write the products into (same leading dims, no broadcast).
 
     Returns:
         ``[..., Nq*T, W*T']``.
@@ -92,7 +96,9 @@ def frame_products(query: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
     w, ts = protos.shape[-3], protos.shape[-2]
     q = query.reshape(*query.shape[:-3], nq * t, d)  # [..., Nq*T, D]
     p = protos.reshape(*protos.shape[:-3], w * ts, d)  # [..., W*T', D]
-    return torch.matmul(q, p.transpose(-1, -2))
+    if out is None:
+        return torch.matmul(q, p.transpose(-1, -2))
+    return torch.matmul(q, p.transpose(-1, -2), out=out)
 
 
 def distances_from_products(
@@ -237,12 +243,20 @@ def _otam_both_exp(dists: torch.Tensor, lam: float) -> torch.Tensor:
 def _exp_form(dists: torch.Tensor, lam: float, max_dist: float | None) -> bool:
     """Whether the exp form applies: no gradient wanted, and no alignment path can underflow."""
     lq, ls = dists.shape[-2:]
-    limit = _EXP_LIMIT.get(dists.dtype, 0.0)
-    return (
-        max_dist is not None
-        and max(float(max_dist), 0.0) / lam * (lq + ls) < limit
-        and not (torch.is_grad_enabled() and dists.requires_grad)
-    )
+    return _exp_form_fits(lq, ls, dists.dtype, lam, max_dist) and not _wants_grad(dists)
+
+
+def _exp_form_fits(
+    lq: int, ls: int, dtype: torch.dtype, lam: float, max_dist: float | None
+) -> bool:
+    """Whether no alignment path of an ``Lq x Ls`` matrix bounded by ``max_dist`` can underflow
+    in the exp form."""
+    limit = _EXP_LIMIT.get(dtype, 0.0)
+    return max_dist is not None and max(float(max_dist), 0.0) / lam * (lq + ls) < limit
+
+
+def _wants_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _one_way(dists: torch.Tensor, lam: float, max_dist: float | None) -> torch.Tensor:
@@ -290,12 +304,62 @@ def otam_distance(
     return _one_way(dists, lam, max_dist) + _one_way(dists.transpose(-1, -2), lam, max_dist)
 
 
+def _otam_align_products(
+    products: torch.Tensor,
+    query_norms: torch.Tensor,
+    proto_norms: torch.Tensor,
+    lam: float,
+    eps: float,
+) -> torch.Tensor:
+    """:func:`otam_align` of :func:`distances_from_products` in the exp form, the same numbers in
+    fewer passes (no gradients; square ``T x T`` alignments that cannot underflow).
+
+    ``exp(-(1 - cos) / lam)`` is computed in the products' own layout ``[e, (q, t), (w, t')]``
+    (contiguous, elementwise), then laid out once with the pairs innermost, ``[t, t', (e, q, w)]``:
+    that is D's transpose's columns as they are, and D's columns after one copy of contiguous
+    pair vectors (instead of two scattered copies of a permuted ``1 - cos``).
+
+    Args:
+        products: ``[..., Nq*T, W*T]`` float32/float64; query_norms ``[..., Nq, T]``;
+            proto_norms ``[..., W, T]``.
+
+    Returns:
+        ``[..., Nq, W]``: ``-(OTAM(D) + OTAM(Dᵀ))``.
+    """
+    nq, t = query_norms.shape[-2:]
+    w = proto_norms.shape[-2]
+    lead = products.shape[:-2]
+    x = products.reshape(-1, nq * t, w * t)  # [e, (q t), (w t')]
+    e = x.shape[0]
+    qn = query_norms.reshape(e, nq * t, 1)
+    pn = proto_norms.reshape(e, 1, w * t)
+    # the arithmetic of _cos_from_products and _otam_both_exp, in place:
+    # exp((cos - 1) / lam), cos = product / (|q| |p| + eps)
+    g = torch.mul(qn, pn).add_(eps)
+    torch.div(x, g, out=g).sub_(1.0).mul_(1.0 / lam).exp_()
+    b = e * nq * w
+    cols = g.new_empty((t, t, 2, e, nq, w))  # [column, row, direction, pair]
+    # Dᵀ: column = query frame t, row = prototype frame t'
+    cols[:, :, 1].copy_(g.view(e, nq, t, w, t).permute(2, 4, 0, 1, 3))
+    cols[:, :, 0].copy_(cols[:, :, 1].transpose(0, 1))  # D: column t', row t
+    end = _columns_exp(cols.view(t, t, 2 * b)).log_().mul_(-lam).view(2, b)
+    return (end[0] + end[1]).neg_().reshape(*lead, nq, w)
+
+
 def otam_align(dists: torch.Tensor, lam: float) -> torch.Tensor:
     """``-(OTAM(D) + OTAM(Dᵀ))`` of ``1 - cos`` frame distances ``[..., T, T]`` -> ``[...]``.
 
     ``1 - cos <= 2``, so without gradients the exp form applies.
     """
     return -otam_distance(dists, lam, bidirectional=True, max_dist=2.0)
+
+
+def _float32(x: torch.Tensor) -> contextlib.AbstractContextManager[object]:
+    """Autocast off on ``x``'s device; nothing to enter where it is off already (the evaluator
+    calls the matching thousands of times, and an autocast context costs about 9 us)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class OTAMMatching:
@@ -310,20 +374,31 @@ class OTAMMatching:
 
     otam_lambda: float
 
-    def frame_products(self, query_enc: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    def frame_products(
+        self, query_enc: torch.Tensor, protos: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``[..., N_q, T, D]`` x ``[..., W, T, D]`` -> ``[..., N_q*T, W*T]``: float32 dot
-        products of the frames."""
-        with torch.autocast(query_enc.device.type, enabled=False):
-            return frame_products(query_enc.float(), protos.float())
+        products of the frames (written into ``out`` if given, float32 of that shape)."""
+        with _float32(query_enc):
+            return frame_products(query_enc.float(), protos.float(), out)
 
     def match_products(
         self, products: torch.Tensor, query_norms: torch.Tensor, proto_norms: torch.Tensor
     ) -> torch.Tensor:
         """Products ``[..., N_q*T, W*T]`` and the frames' float32 norms ``[..., N_q, T]``,
         ``[..., W, T]`` -> ``-(OTAM(D) + OTAM(Dᵀ))``, ``D = 1 - cos``: ``[..., N_q, W]``."""
-        with torch.autocast(products.device.type, enabled=False):
+        with _float32(products):
+            lam, (t, ts) = self.otam_lambda, (query_norms.shape[-1], proto_norms.shape[-1])
+            if (
+                t == ts
+                and products.dtype in (torch.float32, torch.float64)
+                and query_norms.dtype == proto_norms.dtype == products.dtype
+                and _exp_form_fits(t, ts, products.dtype, lam, 2.0)
+                and not _wants_grad(products, query_norms, proto_norms)
+            ):
+                return _otam_align_products(products, query_norms, proto_norms, lam, 0.01)
             dists = distances_from_products(products, query_norms, proto_norms)
-            return otam_align(dists, self.otam_lambda)  # [..., N_q, W, T, T] -> [..., N_q, W]
+            return otam_align(dists, lam)  # [..., N_q, W, T, T] -> [..., N_q, W]
 
     def match(
         self,
@@ -334,7 +409,7 @@ class OTAMMatching:
     ) -> torch.Tensor:
         """``-(OTAM(D) + OTAM(Dᵀ))`` with ``D = 1 - cos`` (reference epsilon): ``[..., N_q, T, D]``
         x ``[..., W, T, D]`` -> ``[..., N_q, W]``; the frames' float32 norms may be passed."""
-        with torch.autocast(query_enc.device.type, enabled=False):
+        with _float32(query_enc):
             q, p = query_enc.float(), protos.float()
             qn = q.norm(dim=-1) if query_norms is None else query_norms
             pn = p.norm(dim=-1) if proto_norms is None else proto_norms

@@ -8,6 +8,12 @@ import pytest
 import torch
 
 from fsar_cli.models import cos_sim, frame_distances, otam_distance
+from fsar_cli.models.otam import (
+    OTAMMatching,
+    distances_from_products,
+    frame_products,
+    otam_align,
+)
 
 
 def _smin(lam: float, *vals: float) -> float:
@@ -195,3 +201,61 @@ def test_given_frame_norms_give_the_same_distances() -> None:
     got = frame_distances(q, p, 0.01, q.norm(dim=-1), p.norm(dim=-1))
     assert torch.equal(got, want)
     assert torch.equal(frame_distances(q, p, 0.01, q.norm(dim=-1)), want)
+
+
+class _Matcher(OTAMMatching):
+    otam_lambda = 0.5
+
+
+@pytest.mark.parametrize("lead", [(), (3,), (2, 4)])
+@pytest.mark.parametrize("nq,w", [(5, 5), (3, 7), (1, 1)])
+def test_match_products_without_gradients_is_the_two_step_alignment(
+    lead: tuple[int, ...], nq: int, w: int
+) -> None:
+    # without gradients match_products aligns straight from the products (exp(-D / lam) in the
+    # products' layout, one copy with the pairs innermost): bit for bit the numbers of 1 - cos
+    # followed by otam_align, which the log form (training) and the reference test check
+    g = torch.Generator().manual_seed(17)
+    q = torch.randn(*lead, nq, 8, 64, generator=g)
+    p = torch.randn(*lead, w, 8, 64, generator=g)
+    m = _Matcher()
+    products, qn, pn = m.frame_products(q, p), q.norm(dim=-1), p.norm(dim=-1)
+    two_step = otam_align(distances_from_products(products, qn, pn), 0.5)
+    with torch.no_grad():
+        fused = m.match_products(products, qn, pn)
+    assert fused.shape == (*lead, nq, w)
+    assert torch.equal(fused, two_step)
+    # with gradients: the log form, the same numbers to rounding, and differentiable
+    qg = q.clone().requires_grad_()
+    out = m.match(qg, p)
+    out.sum().backward()
+    assert qg.grad is not None and torch.isfinite(qg.grad).all()
+    torch.testing.assert_close(out.detach(), fused, rtol=1e-5, atol=1e-5)
+
+
+def test_match_products_falls_back_where_the_fused_form_does_not_apply() -> None:
+    # prototypes with another frame count (not square), or float64 products with float32 norms:
+    # the two-step path, same numbers
+    g = torch.Generator().manual_seed(19)
+    m = _Matcher()
+    q, p = torch.randn(2, 3, 8, 16, generator=g), torch.randn(2, 4, 6, 16, generator=g)
+    products = m.frame_products(q, p)
+    with torch.no_grad():
+        got = m.match_products(products, q.norm(dim=-1), p.norm(dim=-1))
+        want = otam_align(distances_from_products(products, q.norm(dim=-1), p.norm(dim=-1)), 0.5)
+    assert torch.equal(got, want)
+    q, p = torch.randn(2, 3, 8, 16, generator=g), torch.randn(2, 4, 8, 16, generator=g)
+    products = m.frame_products(q, p).double()
+    with torch.no_grad():
+        got = m.match_products(products, q.norm(dim=-1), p.norm(dim=-1))
+    assert got.dtype == torch.float64 and got.shape == (2, 3, 4)
+
+
+def test_frame_products_into_a_given_buffer() -> None:
+    g = torch.Generator().manual_seed(23)
+    q, p = torch.randn(6, 5, 8, 32, generator=g), torch.randn(6, 5, 8, 32, generator=g)
+    buf = torch.full((10, 40, 40), float("nan"))
+    got = frame_products(q[:4], p[:4], out=buf[2:6])
+    assert got.data_ptr() == buf[2].data_ptr()
+    assert torch.equal(buf[2:6], frame_products(q[:4], p[:4]))
+    assert torch.isnan(buf[:2]).all() and torch.isnan(buf[6:]).all()
