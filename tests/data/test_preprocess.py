@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -168,20 +169,25 @@ def test_plan_views_centre_and_random() -> None:
     assert [(tuple(i), o) for i, o in plan] == [(tuple(i), o) for i, o in plan_views(40, "k", spec)]
 
 
+@pytest.mark.parametrize("resize", [64, 256])  # 256: the fixture frames' own size (no resize)
 @pytest.mark.parametrize("kind", ["folder", "video"])
-def test_load_views_equals_manual_pipeline(shared: Path, kind: str) -> None:
+def test_load_views_equals_manual_pipeline(shared: Path, kind: str, resize: int) -> None:
+    # load_views resizes channels-last and splits each crop into planes with OpenCV: the same
+    # bytes as the NCHW resize followed by a crop
     if kind == "folder":
         source = next((shared / "fixtures" / "ssv2_tiny" / "train" / "train1").iterdir())
     else:
         source = shared / "fixtures" / "videos" / "eye_makeup.avi"
     spec = ViewSpec(
-        "train", num_frames=4, views=2, sampling="random", crop_mode="random", resize=64, crop=48
+        "train", num_frames=4, views=2, sampling="random", crop_mode="random", resize=resize
     )
+    spec = dataclasses.replace(spec, crop=48)
     views, n = load_views(source, "some/key", spec)
     assert views.shape == (2, 4, 3, 48, 48) and views.dtype == torch.uint8
+    assert views.is_contiguous()
     for v, (idx, (top, left)) in enumerate(plan_views(n, "some/key", spec)):
-        manual = resize_frames(read_frames(source, idx), 64)[:, :, top : top + 48, left : left + 48]
-        assert torch.equal(views[v], manual)
+        full = resize_frames(read_frames(source, idx), resize)
+        assert torch.equal(views[v], full[:, :, top : top + 48, left : left + 48])
 
 
 def test_load_views_errors_name_the_source(tmp_path: Path) -> None:
