@@ -37,7 +37,7 @@ from ..episodes import EpisodeSampler
 from ..errors import DataError, FsarError
 from ..recipe import Recipe
 from .frames import list_frame_files, read_frame_files, read_planned_frames, sample_indices
-from .preprocess import crop_frames, crop_offset, resize_frames
+from .preprocess import crop_frames_hwc, crop_offset, resize_frames_hwc
 from .sources import locate
 from .splits import SplitEntry, load_split
 
@@ -149,9 +149,9 @@ def load_clip(
         uint8 ``[T, 3, crop, crop]``.
     """
     frames = _read_sampled(Path(source), spec, rng)
-    resized = resize_frames(frames, spec.resize)  # [T, 3, R, R]
+    resized = resize_frames_hwc(frames, spec.resize)  # [T, R, R, 3]
     offset = crop_offset(spec.resize, spec.crop, spec.crop_mode, rng)
-    clip = crop_frames(resized, spec.crop, offset)  # [T, 3, C, C]
+    clip = crop_frames_hwc(resized, spec.crop, offset)  # [T, 3, C, C]
     if query and spec.query_augment:
         if rng is None:
             raise DataError("query augmentation needs a seeded numpy Generator (rng)")

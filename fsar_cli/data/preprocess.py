@@ -47,8 +47,10 @@ __all__ = [
     "INTERPOLATION",
     "ViewSpec",
     "resize_frames",
+    "resize_frames_hwc",
     "crop_offset",
     "crop_frames",
+    "crop_frames_hwc",
     "normalize",
     "preprocess_frames",
     "view_rng",
@@ -67,12 +69,13 @@ def resize_frames(frames: Sequence[np.ndarray] | np.ndarray, size: int) -> torch
     Returns:
         uint8 [N, 3, size, size].
     """
-    hwc = torch.from_numpy(_resize_hwc(frames, size))  # [N, size, size, 3]
+    hwc = torch.from_numpy(resize_frames_hwc(frames, size))  # [N, size, size, 3]
     return hwc.permute(0, 3, 1, 2).contiguous()
 
 
-def _resize_hwc(frames: Sequence[np.ndarray] | np.ndarray, size: int) -> np.ndarray:
-    """:func:`resize_frames` in the frames' own layout, uint8 ``[N, size, size, 3]``.
+def resize_frames_hwc(frames: Sequence[np.ndarray] | np.ndarray, size: int) -> np.ndarray:
+    """:func:`resize_frames` in the frames' own layout, uint8 ``[N, size, size, 3]`` (crop it with
+    :func:`crop_frames_hwc`).
 
     The resize runs on a channels-last view and returns channels-last, so this layout costs no
     copy; turning it into ``[N, 3, size, size]`` is a byte-by-byte transpose that cost as much as
@@ -85,7 +88,7 @@ def _resize_hwc(frames: Sequence[np.ndarray] | np.ndarray, size: int) -> np.ndar
         return np.empty((0, size, size, 3), dtype=np.uint8)
     shapes = {f.shape for f in frames}
     if len(shapes) > 1:  # frames of different sizes: one at a time (same arithmetic)
-        return np.concatenate([_resize_hwc([f], size) for f in frames])
+        return np.concatenate([resize_frames_hwc([f], size) for f in frames])
     x = np.ascontiguousarray(np.stack(list(frames)))  # [N, H, W, 3]
     if x.shape[1:3] == (size, size):
         return x  # bicubic at the same size is the identity
@@ -208,12 +211,12 @@ def load_views(source: str | Path, key: str, spec: ViewSpec) -> tuple[torch.Tens
         n = len(files)
         plan = plan_views(n, key, spec)
         wanted = sorted({int(i) for idx, _ in plan for i in idx})
-        resized = _resize_hwc(read_frame_files([files[i] for i in wanted]), spec.resize)
+        resized = resize_frames_hwc(read_frame_files([files[i] for i in wanted]), spec.resize)
         frame_of = dict(zip(wanted, resized, strict=True))  # frame index -> [R, R, 3]
     else:
 
         def resize(frame: np.ndarray) -> np.ndarray:
-            return _resize_hwc([frame], spec.resize)[0]  # [R, R, 3]
+            return resize_frames_hwc([frame], spec.resize)[0]  # [R, R, 3]
 
         def planned(count: int) -> set[int]:
             return {int(i) for idx, _ in plan_views(count, key, spec) for i in idx}
@@ -226,18 +229,39 @@ def load_views(source: str | Path, key: str, spec: ViewSpec) -> tuple[torch.Tens
 def _crop_views(
     frame_of: Mapping[int, np.ndarray], plan: list[tuple[np.ndarray, tuple[int, int]]], crop: int
 ) -> torch.Tensor:
-    """The crops of every view, uint8 ``[V, T, 3, crop, crop]``, from resized ``[R, R, 3]`` frames.
+    """The crops of every view, uint8 ``[V, T, 3, crop, crop]``, from ``[R, R, 3]`` frames."""
+    t = len(plan[0][0]) if plan else 0
+    out = torch.empty((len(plan), t, 3, crop, crop), dtype=torch.uint8)
+    for v, (idx, offset) in enumerate(plan):
+        crop_frames_hwc([frame_of[int(i)] for i in idx], crop, offset, out=out[v])
+    return out
+
+
+def crop_frames_hwc(
+    frames: Sequence[np.ndarray] | np.ndarray,
+    crop: int,
+    offset: tuple[int, int],
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`crop_frames` of ``[R, R, 3]`` frames (:func:`resize_frames_hwc`): uint8
+    ``[N, 3, crop, crop]``, contiguous (written into ``out`` if given).
 
     Each crop is split into its three channel planes by OpenCV and copied into the output: 44 us
     per 224x224 crop on one core, against 225 us for torch's transposing copy of uint8.
     """
     cv2 = _cv2()
-    t = len(plan[0][0]) if plan else 0
-    out = torch.empty((len(plan), t, 3, crop, crop), dtype=torch.uint8)
+    top, left = offset
+    if out is None:
+        out = torch.empty((len(frames), 3, crop, crop), dtype=torch.uint8)
     planes = out.numpy()
-    for v, (idx, (top, left)) in enumerate(plan):
-        for j, i in enumerate(idx):
-            window = frame_of[int(i)][top : top + crop, left : left + crop]  # [C, C, 3]
-            for c, plane in enumerate(cv2.split(window)):
-                planes[v, j, c] = plane
+    for j, frame in enumerate(frames):
+        window = frame[top : top + crop, left : left + crop]  # [C, C, 3]
+        if window.shape != (crop, crop, 3):
+            h, w = frame.shape[:2]
+            raise DataError(
+                f"crop {crop} at (top, left) {offset} does not fit a {h}x{w} frame; "
+                "use a crop and offset inside the frame"
+            )
+        for c, plane in enumerate(cv2.split(window)):
+            planes[j, c] = plane
     return out

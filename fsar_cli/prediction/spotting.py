@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from ..data.frames import iter_video_frames, list_frame_files, read_frame_files
-from ..data.preprocess import ViewSpec, crop_frames, plan_views, resize_frames
+from ..data.preprocess import ViewSpec, crop_frames_hwc, plan_views, resize_frames_hwc
 from ..errors import DataError
 
 __all__ = [
@@ -167,7 +167,7 @@ def iter_windows(source: Path, key: str, spec: ViewSpec, w: int, s: int) -> Iter
     else:
         n_known = None
         frames = iter(iter_video_frames(source))
-    kept: dict[int, torch.Tensor] = {}  # frame index -> resized uint8 [1, 3, R, R]
+    kept: dict[int, np.ndarray] = {}  # frame index -> resized uint8 [R, R, 3]
     plans: dict[int, tuple[np.ndarray, tuple]] = {}  # open windows: start -> (indices, offset)
     next_start, n = 0, 0
     for i, frame in enumerate(frames):
@@ -178,7 +178,7 @@ def iter_windows(source: Path, key: str, spec: ViewSpec, w: int, s: int) -> Iter
         wanted = i < w or any(i in set(p[0].tolist()) for a, p in plans.items() if a + w > i)
         if wanted:
             img = frame if frame is not None else read_frame_files([files[i]])[0]
-            kept[i] = resize_frames([img], spec.resize)
+            kept[i] = resize_frames_hwc([img], spec.resize)[0]
         done = [a for a in plans if a + w - 1 == i]
         for a in done:
             idx, offset = plans.pop(a)
@@ -197,10 +197,10 @@ def iter_windows(source: Path, key: str, spec: ViewSpec, w: int, s: int) -> Iter
 
 
 def _clip(
-    kept: dict[int, torch.Tensor], idx: np.ndarray, offset: tuple, spec: ViewSpec, a: int, b: int
+    kept: dict[int, np.ndarray], idx: np.ndarray, offset: tuple, spec: ViewSpec, a: int, b: int
 ) -> Window:
-    rows = torch.cat([kept[int(j)] for j in idx])  # [T, 3, R, R]
-    return Window(a, b, crop_frames(rows, spec.crop, offset).unsqueeze(0).contiguous())
+    frames = [kept[int(j)] for j in idx]  # T x [R, R, 3]
+    return Window(a, b, crop_frames_hwc(frames, spec.crop, offset).unsqueeze(0))
 
 
 def merge_runs(table: pd.DataFrame) -> pd.DataFrame:

@@ -31,12 +31,15 @@ from fsar_cli.data.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
     ViewSpec,
+    crop_frames,
+    crop_frames_hwc,
     crop_offset,
     load_views,
     normalize,
     plan_views,
     preprocess_frames,
     resize_frames,
+    resize_frames_hwc,
     view_rng,
 )
 from fsar_cli.errors import DataError
@@ -132,6 +135,24 @@ def test_batched_resize_equals_per_frame(frames: list[np.ndarray]) -> None:
     assert batched.dtype == torch.uint8 and torch.equal(batched, single)
     square = frames[-1]
     assert torch.equal(resize_frames([square], 256)[0], torch.from_numpy(square).permute(2, 0, 1))
+
+
+def test_channels_last_resize_and_crop_equal_the_channels_first_ones(
+    frames: list[np.ndarray],
+) -> None:
+    # load_views, training clips and spotting windows resize in OpenCV's [H, W, 3] layout and
+    # crop into [N, 3, C, C] planes: the same bytes as resize_frames + crop_frames
+    for size, crop, offset in [(256, 224, (16, 16)), (64, 48, (0, 13)), (256, 256, (0, 0))]:
+        hwc = resize_frames_hwc(frames, size)
+        assert hwc.shape == (len(frames), size, size, 3) and hwc.dtype == np.uint8
+        want = crop_frames(resize_frames(frames, size), crop, offset)
+        got = crop_frames_hwc(hwc, crop, offset)
+        assert got.is_contiguous() and torch.equal(got, want)
+    out = torch.zeros((2, 3, 8, 8), dtype=torch.uint8)
+    assert crop_frames_hwc(hwc[:2], 8, (3, 5), out=out) is out
+    assert torch.equal(out, resize_frames(frames[:2], 256)[:, :, 3:11, 5:13])
+    with pytest.raises(DataError, match="does not fit a 256x256 frame"):
+        crop_frames_hwc(hwc[:1], 224, (40, 0))
 
 
 def test_normalize_is_scale_then_standardise() -> None:
