@@ -11,8 +11,8 @@ several, against 3.6-3.7 s on one thread). fsar therefore, before torch starts:
   :func:`choose_threads`): the cores this process may run on minus the other processes running
   right now (``procs_running`` of ``/proc/stat``, the least of a few samples 5 ms apart, so a
   busy neighbour counts and a passing one does not; the 1-minute load average where there is no
-  ``/proc``). The load average is not used on Linux: it lags a minute behind and counts fsar's
-  own previous command.
+  ``/proc``), at least 1. The load average is not used on Linux: it lags a minute behind and
+  counts fsar's own previous command.
 
 User settings win: ``OMP_NUM_THREADS`` / ``OMP_WAIT_POLICY`` in the environment (torchrun sets
 ``OMP_NUM_THREADS=1`` for its ranks), or an explicit ``threads`` (``fsar --threads N``).

@@ -12,9 +12,9 @@ batch with identical results, so frames read from a folder and frames decoded fr
 through exactly the same arithmetic.
 
 Layouts: frames from OpenCV are RGB uint8 ``[H, W, 3]``; resized frames are uint8
-``[N, 3, R, R]`` (inside :func:`load_views`, ``[N, R, R, 3]``: the resize's own channels-last
-layout, transposed only once cropped); crops uint8 ``[N, 3, C, C]``; model input float32
-``[N, 3, C, C]``.
+``[N, 3, R, R]`` (:func:`resize_frames_hwc`, used by views, training clips and spotting windows:
+``[N, R, R, 3]``, the resize's own channels-last layout, transposed only once cropped); crops
+uint8 ``[N, 3, C, C]``; model input float32 ``[N, 3, C, C]``.
 
 Views: a video cached with ``V`` views gets, per view, its own temporal sample (one frame per
 segment, :func:`fsar_cli.data.frames.sample_indices`) and its own crop. The random state of a view
@@ -89,7 +89,7 @@ def resize_frames_hwc(frames: Sequence[np.ndarray] | np.ndarray, size: int) -> n
     shapes = {f.shape for f in frames}
     if len(shapes) > 1:  # frames of different sizes: one at a time (same arithmetic)
         return np.concatenate([resize_frames_hwc([f], size) for f in frames])
-    x = np.ascontiguousarray(np.stack(list(frames)))  # [N, H, W, 3]
+    x = np.stack(list(frames))  # [N, H, W, 3]
     if x.shape[1:3] == (size, size):
         return x  # bicubic at the same size is the identity
     t = torch.from_numpy(x).permute(0, 3, 1, 2)  # [N, 3, H, W], channels-last in memory

@@ -169,22 +169,10 @@ def _positions(ids: np.ndarray, flat: np.ndarray) -> np.ndarray:
     return pos
 
 
-def _take(
-    enc: torch.Tensor, rows: np.ndarray, buffer: list[torch.Tensor] | None = None
-) -> torch.Tensor:
-    """``enc[rows]`` for an index array ``rows`` [e, n]: [U, T, D] -> [e, n, T, D].
-
-    ``buffer``: a one-slot list holding storage to gather into (grown as needed). The result is
-    then a view of it, valid until the next gather into the same buffer: the hot loop gathers
-    thousands of blocks and fresh megabyte-sized tensors cost page faults each time.
-    """
+def _take(enc: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """``enc[rows]`` for an index array ``rows`` [e, n]: [U, T, D] -> [e, n, T, D]."""
     idx = torch.from_numpy(np.ascontiguousarray(rows).reshape(-1)).to(enc.device)
-    if buffer is None:
-        return torch.index_select(enc, 0, idx).reshape(*rows.shape, *enc.shape[1:])
-    if not buffer or buffer[0].shape[0] < idx.numel():
-        buffer[:] = [enc.new_empty((idx.numel(), *enc.shape[1:]))]
-    out = torch.index_select(enc, 0, idx, out=buffer[0][: idx.numel()])
-    return out.reshape(*rows.shape, *enc.shape[1:])
+    return torch.index_select(enc, 0, idx).reshape(*rows.shape, *enc.shape[1:])
 
 
 def _fast_logits(
@@ -262,14 +250,10 @@ def _fast_logits(
         s_feats = _support_features(features, s_flat, device)
         supports = None if s_feats is None else (s_flat, s_feats)
 
-    q_buf: list[torch.Tensor] = []  # gather buffers of the OTAM sub-blocks
-    s_buf: list[torch.Tensor] = []
-    p_buf: list[torch.Tensor] = []  # the block's frame products
-
-    def protos_of(a: int, b: int, buffer: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def protos_of(a: int, b: int) -> torch.Tensor:
         """Per-video prototypes of episodes ``a:b``: (e, W, T, D)."""
         assert s_enc is not None and s_inv is not None
-        se = _take(s_enc, s_inv[a:b], buffer)  # (e, W*K, T, D)
+        se = _take(s_enc, s_inv[a:b])  # (e, W*K, T, D)
         protos = se.reshape(b - a, W, K, *se.shape[-2:])  # (e, W, K, T, D)
         return protos[:, :, 0] if K == 1 else protos.mean(dim=2)  # (e, W, T, D)
 
@@ -283,25 +267,18 @@ def _fast_logits(
             merged = _prototypes(
                 head, features, text, batch.slice(a, b), device, supports
             )  # (e, W, T, D)
-        if otam_head is None or q_norm is None:
+        if q_norm is None or otam_head is None:
             protos = protos_of(a, b) if merged is None else merged
             yield a, b, head.match(_take(q_enc, q_inv[a:b]), protos)  # (e, W*Q, W)
             continue
-        proto_norms = []
-        products = None
+        parts, proto_norms = [], []
         for c in range(a, b, sub):
             d = min(c + sub, b)
-            protos = protos_of(c, d, s_buf) if merged is None else merged[c - a : d - a]
-            query = _take(q_enc, q_inv[c:d], q_buf)
-            if products is None:  # (e, W*Q*T, W*T), written sub-block by sub-block
-                rows, cols = query.shape[1] * query.shape[2], protos.shape[1] * protos.shape[2]
-                if not p_buf or p_buf[0].shape[0] < b - a:
-                    p_buf[:] = [query.new_empty((b - a, rows, cols), dtype=torch.float32)]
-                products = p_buf[0][: b - a]
-            otam_head.frame_products(query, protos, out=products[c - a : d - a])
+            protos = protos_of(c, d) if merged is None else merged[c - a : d - a]
+            parts.append(otam_head.frame_products(_take(q_enc, q_inv[c:d]), protos))
             if s_norm is None:  # means (K > 1) or merged prototypes: their norms here
                 proto_norms.append(protos.float().norm(dim=-1))  # (e, W, T)
-        assert products is not None
+        products = parts[0] if len(parts) == 1 else torch.cat(parts)  # (e, W*Q*T, W*T)
         if s_norm is not None:
             assert s_inv is not None
             p_norm = _take(s_norm, s_inv[a:b])  # (e, W, T)

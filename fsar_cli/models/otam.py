@@ -78,16 +78,13 @@ def _cos_from_products(
     return num / (den + eps)
 
 
-def frame_products(
-    query: torch.Tensor, protos: torch.Tensor, out: torch.Tensor | None = None
-) -> torch.Tensor:
+def frame_products(query: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
     """Dot products of every query frame with every prototype frame (the matmul of
     :func:`frame_distances`).
 
     Args:
         query: ``[..., Nq, T, D]``.
         protos: ``[..., W, T', D]`` (leading dims broadcast with ``query``'s).
-        out: ``[..., Nq*T, W*T']`` to write the products into (same leading dims, no broadcast).
 
     Returns:
         ``[..., Nq*T, W*T']``.
@@ -96,9 +93,7 @@ def frame_products(
     w, ts = protos.shape[-3], protos.shape[-2]
     q = query.reshape(*query.shape[:-3], nq * t, d)  # [..., Nq*T, D]
     p = protos.reshape(*protos.shape[:-3], w * ts, d)  # [..., W*T', D]
-    if out is None:
-        return torch.matmul(q, p.transpose(-1, -2))
-    return torch.matmul(q, p.transpose(-1, -2), out=out)
+    return torch.matmul(q, p.transpose(-1, -2))
 
 
 def distances_from_products(
@@ -224,18 +219,27 @@ def _otam_one_way_exp(dists: torch.Tensor, lam: float) -> torch.Tensor:
 def _otam_both_exp(dists: torch.Tensor, lam: float) -> torch.Tensor:
     """``OTAM(D) + OTAM(Dᵀ)`` of square ``[..., L, L]`` in the exp form, in one pass.
 
-    ``exp(-D / lam)`` is taken once; both directions are laid out column by column in one buffer
-    ``[L, L, 2, B]`` (D's columns are prototype frames, Dᵀ's are query frames).
+    ``exp(-D / lam)`` is taken once, in the memory order of ``dists``; both directions are laid out
+    column by column in one buffer (:func:`_both_exp_columns`).
     """
-    n = dists.shape[-1]
-    lead = dists.shape[:-2]
-    e = torch.exp(dists * (-1.0 / lam))  # [..., Lq, Ls], in the memory order of dists
+    return _both_exp_columns(torch.exp(dists * (-1.0 / lam)), lam)
+
+
+def _both_exp_columns(e: torch.Tensor, lam: float) -> torch.Tensor:
+    """``OTAM(D) + OTAM(Dᵀ)`` from ``e = exp(-D / lam)`` ``[..., L, L]`` (rows: query frames; any
+    strides) -> ``[...]``.
+
+    Both directions go column by column into one buffer ``[L, L, 2, pairs]``, the pairs
+    innermost: Dᵀ's columns (query frames) are ``e`` in one copy, D's columns (prototype frames)
+    that buffer transposed, a copy of contiguous pair vectors.
+    """
+    n = e.shape[-1]
+    lead = e.shape[:-2]
+    k = len(lead)
     b = e[..., 0, 0].numel()
     cols = e.new_empty((n, n, 2, *lead))  # [column, row, direction, ...]
-    k = len(lead)
-    # D: column = prototype frame, row = query frame; Dᵀ: the other way round
-    cols[:, :, 0].copy_(e.permute(k + 1, k, *range(k)))
-    cols[:, :, 1].copy_(e.permute(k, k + 1, *range(k)))
+    cols[:, :, 1].copy_(e.permute(k, k + 1, *range(k)))  # Dᵀ: column = query frame
+    cols[:, :, 0].copy_(cols[:, :, 1].transpose(0, 1))  # D: column = prototype frame
     end = _columns_exp(cols.view(n, n, 2 * b)).log_().mul_(-lam).view(2, b)
     return (end[0] + end[1]).reshape(lead)
 
@@ -314,10 +318,9 @@ def _otam_align_products(
     """:func:`otam_align` of :func:`distances_from_products` in the exp form, the same numbers in
     fewer passes (no gradients; square ``T x T`` alignments that cannot underflow).
 
-    ``exp(-(1 - cos) / lam)`` is computed in the products' own layout ``[e, (q, t), (w, t')]``
-    (contiguous, elementwise), then laid out once with the pairs innermost, ``[t, t', (e, q, w)]``:
-    that is D's transpose's columns as they are, and D's columns after one copy of contiguous
-    pair vectors (instead of two scattered copies of a permuted ``1 - cos``).
+    ``exp(-(1 - cos) / lam)`` is computed in the products' own contiguous layout
+    ``[e, (q, t), (w, t')]`` and handed to :func:`_both_exp_columns` as a strided view, whose one
+    scattered copy replaces the two of a permuted ``1 - cos``.
 
     Args:
         products: ``[..., Nq*T, W*T]`` float32/float64; query_norms ``[..., Nq, T]``;
@@ -331,19 +334,10 @@ def _otam_align_products(
     lead = products.shape[:-2]
     x = products.reshape(-1, nq * t, w * t)  # [e, (q t), (w t')]
     e = x.shape[0]
-    qn = query_norms.reshape(e, nq * t, 1)
-    pn = proto_norms.reshape(e, 1, w * t)
-    # the arithmetic of _cos_from_products and _otam_both_exp, in place:
-    # exp((cos - 1) / lam), cos = product / (|q| |p| + eps)
-    g = torch.mul(qn, pn).add_(eps)
-    torch.div(x, g, out=g).sub_(1.0).mul_(1.0 / lam).exp_()
-    b = e * nq * w
-    cols = g.new_empty((t, t, 2, e, nq, w))  # [column, row, direction, pair]
-    # Dᵀ: column = query frame t, row = prototype frame t'
-    cols[:, :, 1].copy_(g.view(e, nq, t, w, t).permute(2, 4, 0, 1, 3))
-    cols[:, :, 0].copy_(cols[:, :, 1].transpose(0, 1))  # D: column t', row t
-    end = _columns_exp(cols.view(t, t, 2 * b)).log_().mul_(-lam).view(2, b)
-    return (end[0] + end[1]).neg_().reshape(*lead, nq, w)
+    cos = _cos_from_products(x, query_norms.reshape(e, nq * t), proto_norms.reshape(e, w * t), eps)
+    g = cos.sub_(1.0).mul_(1.0 / lam).exp_()  # exp((cos - 1) / lam), bit for bit -(1 - cos)/lam
+    pairs = g.view(e, nq, t, w, t).transpose(2, 3)  # [e, q, w, t, t'], a view
+    return -_both_exp_columns(pairs, lam).reshape(*lead, nq, w)
 
 
 def otam_align(dists: torch.Tensor, lam: float) -> torch.Tensor:
@@ -374,13 +368,11 @@ class OTAMMatching:
 
     otam_lambda: float
 
-    def frame_products(
-        self, query_enc: torch.Tensor, protos: torch.Tensor, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def frame_products(self, query_enc: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
         """``[..., N_q, T, D]`` x ``[..., W, T, D]`` -> ``[..., N_q*T, W*T]``: float32 dot
-        products of the frames (written into ``out`` if given, float32 of that shape)."""
+        products of the frames."""
         with _float32(query_enc):
-            return frame_products(query_enc.float(), protos.float(), out)
+            return frame_products(query_enc.float(), protos.float())
 
     def match_products(
         self, products: torch.Tensor, query_norms: torch.Tensor, proto_norms: torch.Tensor

@@ -11,7 +11,6 @@ from fsar_cli.models import cos_sim, frame_distances, otam_distance
 from fsar_cli.models.otam import (
     OTAMMatching,
     distances_from_products,
-    frame_products,
     otam_align,
 )
 
@@ -249,13 +248,3 @@ def test_match_products_falls_back_where_the_fused_form_does_not_apply() -> None
     with torch.no_grad():
         got = m.match_products(products, q.norm(dim=-1), p.norm(dim=-1))
     assert got.dtype == torch.float64 and got.shape == (2, 3, 4)
-
-
-def test_frame_products_into_a_given_buffer() -> None:
-    g = torch.Generator().manual_seed(23)
-    q, p = torch.randn(6, 5, 8, 32, generator=g), torch.randn(6, 5, 8, 32, generator=g)
-    buf = torch.full((10, 40, 40), float("nan"))
-    got = frame_products(q[:4], p[:4], out=buf[2:6])
-    assert got.data_ptr() == buf[2].data_ptr()
-    assert torch.equal(buf[2:6], frame_products(q[:4], p[:4]))
-    assert torch.isnan(buf[:2]).all() and torch.isnan(buf[6:]).all()
