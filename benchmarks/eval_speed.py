@@ -8,7 +8,9 @@ K-shot episodes with 1 query per class (the protocol of METHOD.md section 6).
   run ``--repeats`` times; the median run is broken down into sampling, Transformer (per-video
   query / support encodings, and merged prototypes for K > 1) and matching (cosine + OTAM), with
   the Transformer's achieved GFLOP/s beside this CPU's measured fp32 matmul rate (its best and
-  its median half-second window: on a shared machine they differ by up to 1.5x).
+  its median half-second window: on a shared machine they differ by up to 1.5x). The
+  evaluator's gathers of encodings (``_take``) are timed apart; the frame products are set
+  beside their floor, the same matmuls on operands already in cache.
 - ``--precision bf16``: each fp32 run is paired with an adjacent bf16 run (autocast, matching in
   fp32); prints the median time ratio, the share of query decisions (arg-max class) and of
   episode accuracies that change, and the change in mean accuracy.
@@ -40,6 +42,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fsar_cli.episodes import EpisodeSampler  # noqa: E402
+from fsar_cli.evaluation import batched  # noqa: E402
 from fsar_cli.evaluation.batched import (  # noqa: E402
     episode_accuracies,
     episode_logits,
@@ -77,6 +80,21 @@ def matmul_rates(window: float = 0.5, rounds: int = 3) -> tuple[float, float]:
     return max(rates), statistics.median(rates)
 
 
+def product_floor(episodes: int, rows: int, cols: int, dim: int, repeats: int = 5) -> float:
+    """Seconds of the frame products' own matmuls on operands already in cache: ``episodes``
+    products ``[rows, dim] x [dim, cols]`` in steps of the evaluator's ``_PRODUCT_BLOCK``
+    (median of ``repeats``). What the products would cost with free gathers: their floor here."""
+    sub = batched._PRODUCT_BLOCK
+    q, p = torch.randn(sub, rows, dim), torch.randn(sub, cols, dim)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(0, episodes, sub):
+            torch.matmul(q, p.transpose(-1, -2))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def transformer_flops(seqs: int, length: int, keep: int, dim: int, ffn: int) -> float:
     """Multiply-add FLOPs of one Transformer layer on ``seqs`` sequences of ``length`` tokens,
     outputs of the first ``keep``: k/v on all tokens; q, attention, out and FFN on ``keep``."""
@@ -103,6 +121,15 @@ class Instrumented:
         for name in _TRANSFORMER + _MATCHING:
             if hasattr(head, name):
                 setattr(head, name, self._wrap(name, getattr(head, name)))
+        take = batched._take
+
+        def timed_take(enc: torch.Tensor, rows: np.ndarray) -> torch.Tensor:  # the gathers
+            t0 = time.perf_counter()
+            out = take(enc, rows)
+            self.t["gathers"] += time.perf_counter() - t0
+            return out
+
+        batched._take = timed_take
 
     def reset(self) -> None:
         self.t.clear()
@@ -182,6 +209,7 @@ def main() -> None:
                     "transformer": inst.t["transformer"],
                     "matching": inst.t["matching"],
                     "products": inst.t["products"],
+                    "gathers": inst.t["gathers"],
                     "flops": inst.flops,
                     "product_flops": inst.product_flops,
                 }
@@ -193,6 +221,7 @@ def main() -> None:
                     )
         med = sorted(runs, key=lambda r: r["total"])[len(runs) // 2]
         other = med["total"] - med["sampling"] - med["transformer"] - med["matching"]
+        other -= med["gathers"]
         print(
             f"fsar : {E} episodes in {med['total']:7.2f} s ({E / med['total']:6.0f} episodes/s; "
             f"median of {len(runs)}; CPU {med['cpu']:.2f} s)  mean accuracy {fast.mean():.4f}"
@@ -202,7 +231,8 @@ def main() -> None:
             f"({med['flops'] / 1e9:.1f} GFLOP: {med['flops'] / med['transformer'] / 1e9:.0f} "
             f"GFLOP/s = {med['flops'] / med['transformer'] / 1e9 / peak:.0%} of the best matmul "
             f"window, {med['flops'] / med['transformer'] / 1e9 / typical:.0%} of the median) "
-            f"| matching {med['matching']:.3f} s | other (gathers, arg-max) {other:.3f} s"
+            f"| matching {med['matching']:.3f} s | gathers {med['gathers']:.3f} s | other "
+            f"(concatenation, arg-max, accuracies) {other:.3f} s"
         )
         if med["products"] > 0:
             rate = med["product_flops"] / med["products"] / 1e9
@@ -211,6 +241,13 @@ def main() -> None:
                 f"({med['product_flops'] / 1e9:.1f} GFLOP: {rate:.0f} GFLOP/s = {rate / peak:.0%} "
                 f"of the best matmul window) + cosine and OTAM "
                 f"{med['matching'] - med['products']:.3f} s"
+            )
+            rows = args.way * store.num_frames  # 1 query per class; W prototypes
+            floor = product_floor(E, rows, rows, store.dim)
+            print(
+                f"  frame products' floor: the same {E} matmuls on operands already in cache "
+                f"{floor:.3f} s ({med['product_flops'] / floor / 1e9:.0f} GFLOP/s); the "
+                f"evaluator's products take {med['products'] / floor:.2f}x that"
             )
         if args.precision == "bf16":
             fp32_eval = [r["total"] - r["sampling"] for r in runs]

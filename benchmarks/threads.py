@@ -1,7 +1,8 @@
 """Threads under load: fsar's default thread choice vs fixed settings, idle and with busy peers.
 
 For each command (``train``: 20 frozen steps of 4 episodes, clipfsar head, D = 512, synthetic
-store; ``eval``: 6,000 5-way 1-shot episodes of that head; ``cache``: 12 videos x 8 JPEG frames
+store; ``eval``: 24,000 5-way 1-shot episodes of that head (about 5 s, so the
+command's 0.1 s time row is 2% of it); ``cache``: 12 videos x 8 JPEG frames
 through ``random:ViT-B/32``), each load (0, 1 and 2 busy-loop processes this script starts, each
 with a time limit, and always stops) and each setting, the command runs as
 ``python -m fsar_cli ...`` in a fresh process; the settings of one repeat run adjacent to each
@@ -62,7 +63,11 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 def settings(cores: int) -> dict[str, dict[str, str | None]]:
     """Environment changes of each setting (None: removed)."""
-    unset = {"OMP_NUM_THREADS": None, "OMP_WAIT_POLICY": None, "MKL_NUM_THREADS": None}
+    unset: dict[str, str | None] = {
+        "OMP_NUM_THREADS": None,
+        "OMP_WAIT_POLICY": None,
+        "MKL_NUM_THREADS": None,
+    }
     return {
         "default": unset,
         "torch": {**unset, "OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": str(cores)},
@@ -88,7 +93,7 @@ def prepare(root: Path) -> dict[str, list[str]]:
         "name": "threads-bench",
         "features": {"cache_dir": str(cache)},
         "train": {"steps": 20, "episodes_per_step": 4, "val_every": 1000, "val_episodes": 20},
-        "eval": {"episodes": 6000, "n_query": 1},
+        "eval": {"episodes": 24000, "n_query": 1},
     }
     path = root / "recipe.yaml"
     path.write_text(json.dumps(recipe))  # JSON is YAML
