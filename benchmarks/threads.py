@@ -1,8 +1,8 @@
 """Threads under load: fsar's default thread choice vs fixed settings, idle and with busy peers.
 
 For each command (``train``: 20 frozen steps of 4 episodes, clipfsar head, D = 512, synthetic
-store; ``eval``: 24,000 5-way 1-shot episodes of that head (about 5 s, so the
-command's 0.1 s time row is 2% of it); ``cache``: 12 videos x 8 JPEG frames
+store; ``eval``: 24,000 5-way 1-shot episodes of that head (2.5-3 s on a quiet 2-core CPU, so
+the 0.1 s steps of the command's time row are 3-4% of it); ``cache``: 12 videos x 8 JPEG frames
 through ``random:ViT-B/32``), each load (0, 1 and 2 busy-loop processes this script starts, each
 with a time limit, and always stops) and each setting, the command runs as
 ``python -m fsar_cli ...`` in a fresh process; the settings of one repeat run adjacent to each
