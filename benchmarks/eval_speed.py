@@ -50,6 +50,7 @@ from fsar_cli.evaluation.batched import (  # noqa: E402
 )
 from fsar_cli.features.synthetic import synthetic_store  # noqa: E402
 from fsar_cli.models import create_head  # noqa: E402
+from fsar_cli.models.otam import frame_products  # noqa: E402
 from fsar_cli.models.precision import compute_precision  # noqa: E402
 from fsar_cli.recipe import ModelCfg  # noqa: E402
 
@@ -80,17 +81,18 @@ def matmul_rates(window: float = 0.5, rounds: int = 3) -> tuple[float, float]:
     return max(rates), statistics.median(rates)
 
 
-def product_floor(episodes: int, rows: int, cols: int, dim: int, repeats: int = 5) -> float:
+def product_floor(episodes: int, way: int, frames: int, dim: int, repeats: int = 5) -> float:
     """Seconds of the frame products' own matmuls on operands already in cache: ``episodes``
-    products ``[rows, dim] x [dim, cols]`` in steps of the evaluator's ``_PRODUCT_BLOCK``
-    (median of ``repeats``). What the products would cost with free gathers: their floor here."""
+    episodes' :func:`~fsar_cli.models.otam.frame_products` (``way`` queries x ``way``
+    prototypes of ``frames`` frames) in steps of the evaluator's ``_PRODUCT_BLOCK`` (median of
+    ``repeats``). What the products would cost with free gathers: their floor here."""
     sub = batched._PRODUCT_BLOCK
-    q, p = torch.randn(sub, rows, dim), torch.randn(sub, cols, dim)
+    q, p = torch.randn(sub, way, frames, dim), torch.randn(sub, way, frames, dim)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         for _ in range(0, episodes, sub):
-            torch.matmul(q, p.transpose(-1, -2))
+            frame_products(q, p)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -242,8 +244,7 @@ def main() -> None:
                 f"of the best matmul window) + cosine and OTAM "
                 f"{med['matching'] - med['products']:.3f} s"
             )
-            rows = args.way * store.num_frames  # 1 query per class; W prototypes
-            floor = product_floor(E, rows, rows, store.dim)
+            floor = product_floor(E, args.way, store.num_frames, store.dim)  # 1 query a class
             print(
                 f"  frame products' floor: the same {E} matmuls on operands already in cache "
                 f"{floor:.3f} s ({med['product_flops'] / floor / 1e9:.0f} GFLOP/s); the "

@@ -153,7 +153,7 @@ def preprocess_frames(
     """
     if offset is None:
         offset = crop_offset(resize, crop, "center")
-    return normalize(crop_frames(resize_frames(frames, resize), crop, offset))
+    return normalize(crop_frames_hwc(resize_frames_hwc(frames, resize), crop, offset))
 
 
 # --------------------------------------------------------------------------- views of a video

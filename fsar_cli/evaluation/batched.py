@@ -267,7 +267,7 @@ def _fast_logits(
             merged = _prototypes(
                 head, features, text, batch.slice(a, b), device, supports
             )  # (e, W, T, D)
-        if q_norm is None or otam_head is None:
+        if otam_head is None or q_norm is None:
             protos = protos_of(a, b) if merged is None else merged
             yield a, b, head.match(_take(q_enc, q_inv[a:b]), protos)  # (e, W*Q, W)
             continue
