@@ -7,7 +7,9 @@ tokens) and, for 1-shot or merge-after heads, the support encoding with the vide
 exact). Per episode only the merge-before prototypes (K > 1) and the matching (cosine +
 bidirectional OTAM) remain, batched over blocks of episodes. Per-video work runs in fixed-size
 groups of sorted videos and matching in blocks of a fixed maximum size, so the arithmetic does not
-depend on the ``chunk`` argument.
+depend on the ``chunk`` argument. On CPU with sleeping OpenMP threads (fsar's default) the blocks of
+per-video heads are matched by one worker thread per torch thread, each with one torch thread:
+the same numbers, without waking a sleeping thread for each of thousands of small operations.
 
 Under ``torchrun`` (:func:`sharded_accuracies`) each rank samples and matches a contiguous range of
 episode indices made of whole matching blocks, and encodes its videos in the groups the single
@@ -21,7 +23,11 @@ path is tested and benchmarked against.
 
 from __future__ import annotations
 
+import itertools
+import os
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -260,17 +266,12 @@ def _fast_logits(
     # OTAM heads: the matmul runs on small sub-blocks, gathered just before, whose
     # features stay in the CPU's cache; norms, distances and alignment on the whole block.
     sub = _PRODUCT_BLOCK if torch.device(device).type == "cpu" else chunk
-    for a in range(0, E, chunk):
-        b = min(a + chunk, E)
-        merged = None
-        if not per_video:
-            merged = _prototypes(
-                head, features, text, batch.slice(a, b), device, supports
-            )  # (e, W, T, D)
+
+    def match_block(a: int, b: int, merged: torch.Tensor | None) -> torch.Tensor:
+        """Logits of episodes ``a:b`` (e, W*Q, W); ``merged``: their prototypes unless per video."""
         if otam_head is None or q_norm is None:
             protos = protos_of(a, b) if merged is None else merged
-            yield a, b, head.match(_take(q_enc, q_inv[a:b]), protos)  # (e, W*Q, W)
-            continue
+            return head.match(_take(q_enc, q_inv[a:b]), protos)  # (e, W*Q, W)
         parts, proto_norms = [], []
         for c in range(a, b, sub):
             d = min(c + sub, b)
@@ -284,7 +285,76 @@ def _fast_logits(
             p_norm = _take(s_norm, s_inv[a:b])  # (e, W, T)
         else:
             p_norm = proto_norms[0] if len(proto_norms) == 1 else torch.cat(proto_norms)
-        yield a, b, otam_head.match_products(products, _take(q_norm, q_inv[a:b]), p_norm)
+        return otam_head.match_products(products, _take(q_norm, q_inv[a:b]), p_norm)
+
+    blocks = [(a, min(a + chunk, E)) for a in range(0, E, chunk)]
+    workers = _match_workers(device) if per_video else 1
+    if workers > 1:
+        yield from _threaded_blocks(match_block, blocks, workers)
+        return
+    for a, b in blocks:
+        merged = None
+        if not per_video:
+            merged = _prototypes(
+                head, features, text, batch.slice(a, b), device, supports
+            )  # (e, W, T, D)
+        yield a, b, match_block(a, b, merged)
+
+
+def _match_workers(device: str) -> int:
+    """Worker threads for the matching stage of per-video heads: one per torch thread on CPU
+    when idle OpenMP threads sleep (``OMP_WAIT_POLICY=passive``, fsar's default), else 1 (the
+    blocks then run in the calling thread with all its torch threads).
+
+    Each worker matches whole blocks with one torch thread: its gathers, products and alignment
+    are thousands of small operations, and with sleeping OpenMP threads each of them would wait
+    for a thread to wake. With busy-waiting threads the caller's idle pool would spin on the
+    workers' cores instead, so they are not used then.
+    """
+    if torch.device(device).type != "cpu":
+        return 1
+    if os.environ.get("OMP_WAIT_POLICY", "").strip().lower() != "passive":
+        return 1
+    return max(1, torch.get_num_threads())
+
+
+def _threaded_blocks(
+    fn: Callable[[int, int, torch.Tensor | None], torch.Tensor],
+    blocks: list[tuple[int, int]],
+    workers: int,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """``(a, b, fn(a, b, None))`` for every block, in order, computed by ``workers`` threads
+    with one torch thread each, at most two blocks ahead per worker.
+
+    The numbers are those of the calling thread: each operation of a block is elementwise or
+    one matrix product per episode, whatever the thread count (a test checks bit equality).
+    """
+    threads = torch.get_num_threads()
+
+    def run(a: int, b: int) -> torch.Tensor:
+        torch.set_num_threads(1)  # OpenMP and MKL: this thread's setting
+        with torch.inference_mode():  # grad mode is per thread
+            return fn(a, b, None)
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="fsar-match")
+    todo = iter(blocks)
+    pending: deque[tuple[int, int, Future[torch.Tensor]]] = deque()
+
+    def submit(n: int) -> None:
+        for a, b in itertools.islice(todo, n):
+            pending.append((a, b, pool.submit(run, a, b)))
+
+    try:
+        submit(2 * workers)
+        while pending:
+            a, b, job = pending.popleft()
+            out = job.result()
+            submit(1)
+            yield a, b, out
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        # torch keeps the last set_num_threads as the count for threads it starts later
+        torch.set_num_threads(threads)
 
 
 #: Supports of merge-before prototypes are read from a float32 copy of the batch's support videos

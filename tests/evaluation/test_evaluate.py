@@ -77,8 +77,15 @@ def test_ci_half_width_of_hand_made_list() -> None:
 
 @pytest.mark.parametrize("name", list_heads())
 @pytest.mark.parametrize("k_shot", [1, 5])
-def test_fast_path_equals_per_episode_loop(store: FeatureStore, name: str, k_shot: int) -> None:
-    # merge before/after the Transformer only differs for the trained heads (and K > 1)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_fast_path_equals_per_episode_loop(
+    store: FeatureStore, name: str, k_shot: int, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # merge before/after the Transformer only differs for the trained heads (and K > 1); per-video
+    # heads are matched in this thread or in worker threads (fsar's default on CPU)
+    import fsar_cli.evaluation.batched as batched
+
+    monkeypatch.setattr(batched, "_match_workers", lambda device: workers)
     for merge_before in (True, False) if name.startswith("clipfsar") and k_shot > 1 else (True,):
         head = _head(name, merge_before)
         head.train()  # the evaluator must switch to eval mode itself (dropout off) and back
@@ -132,6 +139,65 @@ def test_distances_in_sub_blocks_give_the_logits_of_whole_blocks(
     np.testing.assert_array_equal(sub_blocked, whole)
     monkeypatch.setattr(batched, "_PRODUCT_BLOCK", 3)
     np.testing.assert_array_equal(episode_logits(head, store.features, store.text, batch), whole)
+
+
+@pytest.mark.parametrize("name", ["otam", "clipfsar"])
+@pytest.mark.parametrize("k_shot", [1, 3])
+def test_worker_threads_give_the_logits_of_one_thread(
+    store: FeatureStore, name: str, k_shot: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # blocks matched by 2 or 3 worker threads with one torch thread each (5 blocks of 8):
+    # bit for bit the logits of the calling thread, in episode order; its thread count is kept
+    import fsar_cli.evaluation.batched as batched
+
+    head = _head(name, merge_before=k_shot == 1)  # 3-shot: merge-after (per-video supports)
+    batch = EpisodeSampler(store.labels, 5, k_shot, 2, seed=6).sample(40)
+    monkeypatch.setattr(batched, "_match_workers", lambda device: 1)
+    one = episode_logits(head, store.features, store.text, batch, chunk=8)
+    threads = torch.get_num_threads()
+    for workers in (2, 3):
+        monkeypatch.setattr(batched, "_match_workers", lambda device, w=workers: w)
+        np.testing.assert_array_equal(
+            episode_logits(head, store.features, store.text, batch, chunk=8), one
+        )
+        assert torch.get_num_threads() == threads
+
+
+def test_match_workers_follow_the_wait_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # worker threads only where idle OpenMP threads sleep (fsar sets PASSIVE unless the user
+    # chose): busy-waiting ones would spin on the workers' cores; never on a GPU
+    from fsar_cli.evaluation.batched import _match_workers
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert _match_workers("cpu") == torch.get_num_threads()
+    assert _match_workers("cuda:0") == 1
+    for policy in ("ACTIVE", "active", ""):
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+        assert _match_workers("cpu") == 1
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert _match_workers("cpu") == 1
+
+
+def test_error_in_a_worker_thread_reaches_the_caller(
+    store: FeatureStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fsar_cli.evaluation.batched as batched
+
+    head = _head("otam")
+    batch = EpisodeSampler(store.labels, 5, 1, 2, seed=6).sample(40)
+    calls = []
+
+    def failing(*args: object) -> torch.Tensor:
+        calls.append(1)
+        raise EpisodeError("block failed")
+
+    monkeypatch.setattr(batched, "_match_workers", lambda device: 2)
+    monkeypatch.setattr(head, "match_products", failing)
+    threads = torch.get_num_threads()
+    with pytest.raises(EpisodeError, match="block failed"):
+        episode_accuracies(head, store.features, store.text, batch, chunk=4)
+    assert torch.get_num_threads() == threads
+    assert len(calls) <= 4  # two blocks ahead per worker, the rest cancelled
 
 
 def test_fast_path_with_several_views(tmp_path: Path) -> None:
