@@ -288,7 +288,9 @@ def _fast_logits(
         return otam_head.match_products(products, _take(q_norm, q_inv[a:b]), p_norm)
 
     blocks = [(a, min(a + chunk, E)) for a in range(0, E, chunk)]
-    workers = _match_workers(device) if per_video else 1
+    # worker threads do not inherit autocast: only the OTAM heads' float32 matching goes there
+    threadable = per_video and otam_head is not None and not torch.is_autocast_enabled("cpu")
+    workers = _match_workers(device) if threadable else 1
     if workers > 1:
         yield from _threaded_blocks(match_block, blocks, workers)
         return

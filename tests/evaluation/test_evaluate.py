@@ -178,6 +178,27 @@ def test_match_workers_follow_the_wait_policy(monkeypatch: pytest.MonkeyPatch) -
     assert _match_workers("cpu") == 1
 
 
+def test_no_worker_threads_under_autocast(
+    store: FeatureStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # threads do not inherit autocast (--precision bf16): the blocks stay in the calling thread
+    import fsar_cli.evaluation.batched as batched
+    from fsar_cli.models.precision import compute_precision
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("worker threads used")
+
+    head = _head("clipfsar")
+    batch = EpisodeSampler(store.labels, 5, 1, 2, seed=6).sample(12)
+    monkeypatch.setattr(batched, "_match_workers", lambda device: 2)
+    monkeypatch.setattr(batched, "_threaded_blocks", refuse)
+    with pytest.raises(AssertionError, match="worker threads used"):
+        episode_accuracies(head, store.features, store.text, batch)
+    with compute_precision("bf16", "cpu"):
+        accs = episode_accuracies(head, store.features, store.text, batch)
+    assert accs.shape == (12,)
+
+
 def test_error_in_a_worker_thread_reaches_the_caller(
     store: FeatureStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
