@@ -123,42 +123,32 @@ def test_merge_before_supports_read_from_the_store_when_too_big_to_copy(
 
 @pytest.mark.parametrize("name", ["otam", "clipfsar"])
 @pytest.mark.parametrize("k_shot", [1, 3])
-def test_distances_in_sub_blocks_give_the_logits_of_whole_blocks(
+def test_sub_blocks_and_worker_threads_give_the_logits_of_one_call(
     store: FeatureStore, name: str, k_shot: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # frame-distance heads gather and multiply 16 episodes at a time and align the whole block
-    # at once (40 episodes: sub-blocks of 16, 16 and 8): bit for bit the logits of products
-    # computed for the whole block in one call
+    # at once (40 episodes: sub-blocks of 16, 16 and 8), and match blocks in 2 or 3 worker
+    # threads with one torch thread each (chunk 8: 5 blocks): bit for bit the logits of products
+    # computed for the whole block in one call in the calling thread, in episode order; the
+    # calling thread's torch thread count is kept
     import fsar_cli.evaluation.batched as batched
 
     head = _head(name, merge_before=k_shot == 1)  # 3-shot: merge-after (per-video supports)
     batch = EpisodeSampler(store.labels, 5, k_shot, 2, seed=5).sample(40)
+    sub = batched._PRODUCT_BLOCK
+    monkeypatch.setattr(batched, "_match_workers", lambda device: 1)
     sub_blocked = episode_logits(head, store.features, store.text, batch)
     monkeypatch.setattr(batched, "_PRODUCT_BLOCK", 1000)
     whole = episode_logits(head, store.features, store.text, batch)
     np.testing.assert_array_equal(sub_blocked, whole)
     monkeypatch.setattr(batched, "_PRODUCT_BLOCK", 3)
     np.testing.assert_array_equal(episode_logits(head, store.features, store.text, batch), whole)
-
-
-@pytest.mark.parametrize("name", ["otam", "clipfsar"])
-@pytest.mark.parametrize("k_shot", [1, 3])
-def test_worker_threads_give_the_logits_of_one_thread(
-    store: FeatureStore, name: str, k_shot: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # blocks matched by 2 or 3 worker threads with one torch thread each (5 blocks of 8):
-    # bit for bit the logits of the calling thread, in episode order; its thread count is kept
-    import fsar_cli.evaluation.batched as batched
-
-    head = _head(name, merge_before=k_shot == 1)  # 3-shot: merge-after (per-video supports)
-    batch = EpisodeSampler(store.labels, 5, k_shot, 2, seed=6).sample(40)
-    monkeypatch.setattr(batched, "_match_workers", lambda device: 1)
-    one = episode_logits(head, store.features, store.text, batch, chunk=8)
+    monkeypatch.setattr(batched, "_PRODUCT_BLOCK", sub)
     threads = torch.get_num_threads()
     for workers in (2, 3):
         monkeypatch.setattr(batched, "_match_workers", lambda device, w=workers: w)
         np.testing.assert_array_equal(
-            episode_logits(head, store.features, store.text, batch, chunk=8), one
+            episode_logits(head, store.features, store.text, batch, chunk=8), whole
         )
         assert torch.get_num_threads() == threads
 
