@@ -10,7 +10,10 @@ K-shot episodes with 1 query per class (the protocol of METHOD.md section 6).
   the Transformer's achieved GFLOP/s beside this CPU's measured fp32 matmul rate (its best and
   its median half-second window: on a shared machine they differ by up to 1.5x). The
   evaluator's gathers of encodings (``_take``) are timed apart; the frame products are set
-  beside their floor, the same matmuls on operands already in cache.
+  beside their floor, the same matmuls on operands already in cache. Where the evaluator
+  matches in worker threads (per-video heads with passive OpenMP waiting, fsar's default), the
+  matching and gather times are thread-seconds shared out over the workers, and the stage's
+  wall time is printed beside them.
 - ``--precision bf16``: each fp32 run is paired with an adjacent bf16 run (autocast, matching in
   fp32); prints the median time ratio, the share of query decisions (arg-max class) and of
   episode accuracies that change, and the change in mean accuracy.
