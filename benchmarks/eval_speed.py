@@ -245,8 +245,7 @@ def main() -> None:
         med = sorted(runs, key=lambda r: r["total"])[len(runs) // 2]
         # per-video heads match in worker threads (one torch thread each) where fsar uses them:
         # their per-call times are thread-seconds, shared out over the workers
-        per_video = batched._per_video_support(head, args.shot)
-        workers = batched._match_workers("cpu") if per_video else 1
+        workers = batched._matching_workers(head, args.shot, "cpu")
         matching, gathers = med["matching"] / workers, med["gathers"] / workers
         products = med["products"] / workers
         other = med["total"] - med["sampling"] - med["transformer"] - matching - gathers

@@ -35,6 +35,7 @@ __all__ = [
     "choose_threads",
     "configure_threads",
     "other_running",
+    "passive_waiting",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,12 @@ def other_running(samples: int = 3, gap: float = 0.005) -> float:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
         return 0.0
+
+
+def passive_waiting() -> bool:
+    """Whether this process's idle OpenMP threads sleep: ``OMP_WAIT_POLICY`` is ``passive``, as
+    :func:`configure_threads` sets it unless the user chose another policy."""
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive"
 
 
 def configure_threads(threads: int | None = None) -> ThreadChoice:

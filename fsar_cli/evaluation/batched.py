@@ -24,7 +24,6 @@ path is tested and benchmarked against.
 from __future__ import annotations
 
 import itertools
-import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,6 +38,7 @@ from ..episodes import EpisodeBatch
 from ..errors import CacheError, EpisodeError, FsarError
 from ..models.base import FewShotHead, check_class_text
 from ..models.otam import OTAMMatching
+from ..threads import passive_waiting
 from .metrics import accuracy
 
 __all__ = [
@@ -288,9 +288,7 @@ def _fast_logits(
         return otam_head.match_products(products, _take(q_norm, q_inv[a:b]), p_norm)
 
     blocks = [(a, min(a + chunk, E)) for a in range(0, E, chunk)]
-    # worker threads do not inherit autocast: only the OTAM heads' float32 matching goes there
-    threadable = per_video and otam_head is not None and not torch.is_autocast_enabled("cpu")
-    workers = _match_workers(device) if threadable else 1
+    workers = _matching_workers(head, K, device)
     if workers > 1:
         yield from _threaded_blocks(match_block, blocks, workers)
         return
@@ -303,6 +301,15 @@ def _fast_logits(
         yield a, b, match_block(a, b, merged)
 
 
+def _matching_workers(head: FewShotHead, k_shot: int, device: str) -> int:
+    """Worker threads the evaluator matches ``head``'s ``k_shot`` blocks in: those of
+    :func:`_match_workers` for the OTAM heads' float32 matching of per-video prototypes, else 1
+    (merged prototypes run the Transformer per block; worker threads do not inherit autocast)."""
+    if not (_per_video_support(head, k_shot) and isinstance(head, OTAMMatching)):
+        return 1
+    return 1 if torch.is_autocast_enabled("cpu") else _match_workers(device)
+
+
 def _match_workers(device: str) -> int:
     """Worker threads for the matching stage of per-video heads: one per torch thread on CPU
     when idle OpenMP threads sleep (``OMP_WAIT_POLICY=passive``, fsar's default), else 1 (the
@@ -313,9 +320,7 @@ def _match_workers(device: str) -> int:
     for a thread to wake. With busy-waiting threads the caller's idle pool would spin on the
     workers' cores instead, so they are not used then.
     """
-    if torch.device(device).type != "cpu":
-        return 1
-    if os.environ.get("OMP_WAIT_POLICY", "").strip().lower() != "passive":
+    if torch.device(device).type != "cpu" or not passive_waiting():
         return 1
     return max(1, torch.get_num_threads())
 
@@ -334,11 +339,13 @@ def _threaded_blocks(
     threads = torch.get_num_threads()
 
     def run(a: int, b: int) -> torch.Tensor:
-        torch.set_num_threads(1)  # OpenMP and MKL: this thread's setting
         with torch.inference_mode():  # grad mode is per thread
             return fn(a, b, None)
 
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="fsar-match")
+    # one torch thread per worker: OpenMP's and MKL's count is each thread's own setting
+    pool = ThreadPoolExecutor(
+        workers, thread_name_prefix="fsar-match", initializer=torch.set_num_threads, initargs=(1,)
+    )
     todo = iter(blocks)
     pending: deque[tuple[int, int, Future[torch.Tensor]]] = deque()
 
