@@ -14,8 +14,9 @@ episodes): the test suite runs it so the GPU run has no surprises.
    per-episode loop (``train_step`` on one episode at a time) on the same device. Goal >= 10x.
 3. cache: frames/s of the encoder alone (``encode_uint8``, the pipeline's own call: fp16 autocast
    on CUDA) vs the whole ``cache_features`` pipeline, from 512 JPEG frame folders and from 48
-   video files, with the default workers and with the workers the encoder needs (encoder rate /
-   one decode thread's rate, at most the cores). Goal >= 0.9.
+   video files, with the default workers (``auto``: the cores minus one on a GPU) and with the
+   workers the encoder needs (encoder rate / one decode thread's rate, at most the cores).
+   Goal >= 0.9.
 4. evaluation: 10,000 5-way episodes, 1-shot and 5-shot (``episode_accuracies``).
 
 Usage: ``python benchmarks/gpu_check.py [--device cuda] [--tiny]``
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -35,7 +35,7 @@ import time
 import traceback
 from pathlib import Path
 
-from fsar_cli.threads import configure_threads
+from fsar_cli.threads import available_cores, configure_threads, decode_workers
 
 # As the fsar CLI does, before torch starts: the thread count, and OpenMP threads that sleep when
 # they wait (spinning ones take the cores the decode workers need).
@@ -189,14 +189,14 @@ def cache(args: argparse.Namespace, dev: torch.device) -> list[Row]:
 
         encoder_alone()  # warm-up
         enc_fps = max(encoder_alone() for _ in range(3))
-        cores = os.cpu_count() or 1
+        cores = available_cores()
         rows: list[Row] = []
         for kind, one_fps, n in (
             ("JPEG folders", jpeg_fps, n_jpeg),
             ("video files", video_fps, n_video),
         ):
             need = math.ceil(enc_fps / max(one_fps, 1e-9))
-            default = FeaturesCfg().workers
+            default = decode_workers(FeaturesCfg().workers, dev)  # "auto" on this device
             for workers in dict.fromkeys((default, min(need, cores))):
                 split_dir = tmp / ("frames" if kind == "JPEG folders" else "videos")
                 data = {
@@ -227,7 +227,7 @@ def cache(args: argparse.Namespace, dev: torch.device) -> list[Row]:
                 ok = result.splits["test"].ok
                 if ok != n:
                     raise RuntimeError(f"cache from {kind}: {ok} of {n} videos cached")
-                how = ("default " if workers == default else "") + f"{workers} workers"
+                how = ("default (auto) " if workers == default else "") + f"{workers} workers"
                 rows.append(
                     (
                         f"cache {arch}{' fp16' if dev.type == 'cuda' else ''}, {kind}, {how}",

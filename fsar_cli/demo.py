@@ -29,6 +29,7 @@ import pandas as pd
 from . import atomic
 from .ownership import claim
 from .recipe import SPLITS, ClassesCfg, Recipe, load_recipe, write_resolved
+from .threads import decode_workers
 
 __all__ = ["DemoRow", "DemoResult", "run_demo", "DEMO_HEADS", "TRAINED_HEADS", "DEMO_COLUMNS"]
 
@@ -126,6 +127,15 @@ def _key(*parts: Any) -> str:
 
     text = json.dumps(parts, sort_keys=True, default=plain)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _cache_key(extract_key: str, recipe: Recipe, weights_id: str) -> str:
+    """The cache stage's key: the frames, the feature settings and the encoder weights.
+
+    The decode thread count does not change the features: it is keyed as its old default, 2, so
+    that ``auto`` (and ``--set features.workers=N``) reuse a demo folder's cache.
+    """
+    return _key(extract_key, dataclasses.replace(recipe.features, workers=2), weights_id)
 
 
 def _inside(path: Path, out: Path) -> bool:
@@ -372,7 +382,7 @@ def run_demo(
     ext = extract_frames(
         frames_root,
         recipe=recipe,
-        workers=recipe.features.workers,
+        workers=decode_workers(recipe.features.workers, "cpu"),  # extraction runs on the CPU
         overwrite=overwrite or _inside(frames_root, out),
         on_progress=on_progress,
     )
@@ -382,7 +392,7 @@ def run_demo(
         reused.append("extract")
     cache_dir = Path(recipe.features.cache_dir)
     weights_id = _file_digest(weights) if weights is not None else backbone
-    cache_key = _key(extract_key, recipe.features, weights_id)
+    cache_key = _cache_key(extract_key, recipe, weights_id)
     t = stage("cache", f"features into {cache_dir}")
     cache_changed = state.changed("cache", cache_key)
     if cache_changed:

@@ -21,6 +21,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     Strict,
     TypeAdapter,
     ValidationError,
@@ -82,6 +83,20 @@ NonNeg = Annotated[float, Strict(), Field(ge=0)]
 Fraction = Annotated[float, Strict(), Field(ge=0, lt=1)]  # dropout, Adam betas
 Sampling = Literal["random", "center"]
 Names = Annotated[tuple[Str | None, ...], BeforeValidator(_listify)]
+
+
+def _decode_workers(value: Any) -> Any:
+    """``features.workers``: a thread count (>= 0; 0 decodes in the encoding thread) or auto."""
+    if value == "auto" or (type(value) is int and value >= 0):
+        return value
+    raise ValueError(
+        f"{value!r} is not a decode thread count; it must be >= 0, or auto (2 on CPU, the cores "
+        "on a GPU)"
+    )
+
+
+#: Resolved per device by :func:`fsar_cli.threads.decode_workers`.
+DecodeWorkers = Annotated[int | Literal["auto"], PlainValidator(_decode_workers)]
 
 
 @dataclass(frozen=True, config=_CONFIG)
@@ -155,7 +170,7 @@ class FeaturesCfg:
     crop: Count = 224
     prompt: Str = "a photo of {}"
     batch_size: Count = 64
-    workers: NonNegInt = 2
+    workers: DecodeWorkers = "auto"
     chunk_videos: Count = 64
     cache_dir: Str = "cache"
     seed: NonNegInt = 0

@@ -34,6 +34,7 @@ __all__ = [
     "available_cores",
     "choose_threads",
     "configure_threads",
+    "decode_workers",
     "other_running",
     "passive_waiting",
 ]
@@ -94,6 +95,37 @@ def other_running(samples: int = 3, gap: float = 0.005) -> float:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
         return 0.0
+
+
+#: ``features.workers: auto`` on an accelerator uses at most this many decode threads (each holds
+#: about two videos' frames ahead of the encoder).
+MAX_AUTO_DECODE_WORKERS = 32
+
+
+def decode_workers(setting: int | str, device: object) -> int:
+    """The decode threads for ``features.workers`` (``setting``) when encoding on ``device``.
+
+    A number is the user's and is kept. ``auto``:
+
+    - on the CPU, 2: the encoder needs the cores, and decoding costs it little (a frame's decode
+      and preprocessing is about 1.5% of ViT-B/32's time for it; measured with 2 workers on 2
+      cores: the pipeline at 0.98 of the encoder alone);
+    - on an accelerator, this process's share of the cores minus one, the thread that feeds the
+      device: ``cores // LOCAL_WORLD_SIZE - 1`` (torchrun's processes on this machine), from 2
+      to :data:`MAX_AUTO_DECODE_WORKERS`. A GPU outruns a few decode threads by far: one H200
+      encoded 5,550 ViT-B/16 frames/s in fp16, one decode thread delivered 624 JPEG frames/s and
+      124 from video files (``benchmarks/gpu_check.py``; the JPEG cost per frame has halved
+      since), and with 2 workers the pipeline ran at 0.23 of the encoder.
+    """
+    if setting != "auto":
+        return int(setting)
+    if str(device).split(":")[0] == "cpu":
+        return 2
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(2, min(MAX_AUTO_DECODE_WORKERS, available_cores() // local - 1))
 
 
 def passive_waiting() -> bool:

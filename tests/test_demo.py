@@ -89,6 +89,23 @@ def test_training_runs_are_reused_only_with_the_same_settings(tmp_path, monkeypa
     assert train_with(3)[1] is True and calls == [2, 3]
 
 
+def test_the_decode_thread_count_does_not_invalidate_the_demo_cache() -> None:
+    import dataclasses
+
+    from fsar_cli import demo
+    from fsar_cli.recipe import load_recipe
+
+    recipe = load_recipe("synth")
+    assert recipe.features.workers == "auto"
+    key = demo._cache_key("extract", recipe, "weights")
+    for workers in ("features.workers=2", "features.workers=7"):
+        assert demo._cache_key("extract", load_recipe("synth", [workers]), "weights") == key
+    # demo folders cached before `auto` (workers: 2 in the key) stay valid
+    two = dataclasses.replace(recipe.features, workers=2)
+    assert key == demo._key("extract", two, "weights")
+    assert demo._cache_key("extract", load_recipe("synth", ["features.crop=32"]), "weights") != key
+
+
 def test_forget_never_deletes_outside_the_demo_folder(tmp_path) -> None:
     from fsar_cli import demo
 

@@ -79,6 +79,9 @@ def test_unknown_key_named(tmp_path) -> None:
         ("features: {sampling: {test: 3}}", "'features.sampling.test': expected a string"),
         ("data: {classes: {train: [a, 3]}}", r"'data.classes.train\[1\]'"),
         ("data: 5", "'data': expected a mapping"),
+        ("features: {workers: many}", "'features.workers': 'many' is not a decode thread count"),
+        ("features: {workers: true}", "'features.workers': True is not a decode thread count"),
+        ("features: {workers: 2.0}", "'features.workers': 2.0 is not a decode thread count"),
     ],
 )
 def test_wrong_types_named(tmp_path, text: str, match: str) -> None:
@@ -182,6 +185,13 @@ def test_ranges_accept_their_edges() -> None:
     edges += ["train.n_way=2", "features.crop=256", "features.workers=0", "eval.shots=5"]
     r = load_recipe("hmdb51", edges)
     assert (r.train.n_way, r.features.crop, r.eval.shots) == (2, 256, (5,))
+    assert r.features.workers == 0
+
+
+def test_decode_workers_default_to_auto() -> None:
+    assert load_recipe("hmdb51").features.workers == "auto"
+    assert load_recipe("hmdb51", ["features.workers=12"]).features.workers == 12
+    assert recipe_from_dict({"name": "x"}).features.workers == "auto"
 
 
 def test_several_problems_reported_on_one_line() -> None:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from fsar_cli import threads
 from fsar_cli.cli.app import _threads_from_argv
 from fsar_cli.errors import FsarError
-from fsar_cli.threads import choose_threads, configure_threads
+from fsar_cli.threads import choose_threads, configure_threads, decode_workers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,6 +26,25 @@ def test_choose_threads_takes_the_free_cores_or_all_when_none_is_free() -> None:
     assert choose_threads(2, 2.0) == 2
     assert choose_threads(2, 7.5) == 2
     assert choose_threads(16, 40.0) == 16
+
+
+def test_decode_workers_auto_fits_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "available_cores", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert decode_workers(5, "cuda") == decode_workers(5, "cpu") == 5  # a number is the user's
+    assert decode_workers(0, "cuda") == 0
+    assert decode_workers("auto", "cpu") == 2  # the CPU encoder needs the cores
+    assert decode_workers("auto", "cuda") == decode_workers("auto", "cuda:1") == 15
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: 4 processes share the cores
+    assert decode_workers("auto", "cuda:3") == 3
+    assert decode_workers("auto", "cpu") == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert decode_workers("auto", "cuda") == 2  # at least 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "")
+    assert decode_workers("auto", "cuda") == 15
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setattr(threads, "available_cores", lambda: 256)
+    assert decode_workers("auto", "cuda") == threads.MAX_AUTO_DECODE_WORKERS == 32
 
 
 def test_user_settings_win(monkeypatch: pytest.MonkeyPatch) -> None:

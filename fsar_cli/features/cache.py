@@ -36,10 +36,11 @@ all wait at a barrier (a long one: shares finish at different times), and rank 0
 stores. A rank that dies leaves every committed chunk in place (torchrun stops the others); a
 rerun, with any number of processes, encodes only the missing chunks.
 
-Speed: ``features.workers`` threads decode and preprocess videos (OpenCV and torch release the GIL)
-ahead of the encoder into a bounded queue; the encoder takes ``features.batch_size`` frames at a
-time under ``torch.inference_mode`` (fp16 autocast and pinned memory on CUDA). Memory is bounded by
-the batch and queue sizes, not by the dataset.
+Speed: ``features.workers`` threads (``auto``: 2 on CPU, the cores on a GPU; see
+:func:`fsar_cli.threads.decode_workers`) decode and preprocess videos (OpenCV and torch release the
+GIL) ahead of the encoder into a bounded queue; the encoder takes ``features.batch_size`` frames at
+a time under ``torch.inference_mode`` (fp16 autocast and pinned memory on CUDA). Memory is bounded
+by the batch and queue sizes, not by the dataset.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from ..data.splits import SplitEntry, load_split
 from ..errors import CacheError, DataError
 from ..ownership import claim, foreign_entries
 from ..recipe import SPLITS, Recipe
+from ..threads import decode_workers
 from .store import (
     INDEX_COLUMNS,
     WORK_DIR,
@@ -414,8 +416,9 @@ def _encode_chunks(
     f = recipe.features
     rows = [r for c in plan.todo for r in range(*plan.chunks[c])]
     per_batch = -(-f.batch_size // (plan.spec.views * plan.spec.num_frames))  # videos, rounded up
-    ahead = 2 * f.workers + per_batch  # queue bound: a batch's worth of videos + 2 per worker
-    stream = prefetch(lambda r: _load(recipe, plan, r), rows, f.workers, max(ahead, 2))
+    workers = decode_workers(f.workers, encoder.device)
+    ahead = 2 * workers + per_batch  # queue bound: a batch's worth of videos + 2 per worker
+    stream = prefetch(lambda r: _load(recipe, plan, r), rows, workers, max(ahead, 2))
     try:
         return _encode_stream(plan, encoder, stream, advance, t0)
     finally:

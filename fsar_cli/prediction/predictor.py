@@ -12,10 +12,10 @@ rounded to float16 as the cache stores them), and scored with the evaluator's ar
 :func:`~fsar_cli.evaluation.batched.query_logits`). So a query's logits are exactly those the
 evaluator computes for the same features in an episode whose classes are the enrolled ones.
 
-Decoding runs in ``features.workers`` background threads ahead of the encoder (as in ``fsar
-cache``); queries are encoded and scored in blocks of 256, so memory is bounded by the block, not
-by the number of queries. With ``window`` / ``stride`` (:mod:`.spotting`) every window of a video
-is a query.
+Decoding runs in ``features.workers`` background threads ahead of the encoder (as in ``fsar cache``;
+``auto`` resolved by :func:`fsar_cli.threads.decode_workers`); queries are encoded and scored in
+blocks of 256, so memory is bounded by the block, not by the number of queries. With ``window`` /
+``stride`` (:mod:`.spotting`) every window of a video is a query.
 
 Settings: the encoder and the clip settings come from the checkpoint's provenance (its run
 folder's ``resolved_recipe.yaml``) when there is one, else from a classes file's identity, else
@@ -51,6 +51,7 @@ from ..features.cache import CROP_MODES, FrameBatcher, prefetch
 from ..models.base import FewShotHead
 from ..progress import ProgressFn
 from ..recipe import Recipe
+from ..threads import decode_workers
 from .classes_file import EnrolledClasses, check_encoder, check_identity, load_classes
 from .spotting import Span, iter_windows, parse_span, source_fps, window_frames
 
@@ -621,7 +622,7 @@ def predict(
         cfg = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, prompt=prompt))
     f = cfg.features
     bs = int(batch_size or f.batch_size)
-    nw = int(f.workers if workers is None else workers)
+    nw = decode_workers(f.workers if workers is None else workers, device)
     if not isinstance(encoder, (str, type(None))):
         enc = encoder
     else:

@@ -3,7 +3,7 @@
 Layout of a run folder (format ``fsar-run/1``)::
 
     resolved_recipe.yaml  the full recipe (and the command line, as a comment); a resume must
-                          match it
+                          match it (except :data:`RESUME_MAY_CHANGE`)
     last.pt               training state, every ``train.checkpoint_every`` steps and at the end:
                           head weights, optimiser state, completed steps, torch RNG state(s), best
                           validation so far, seconds trained (loadable with weights_only=True)
@@ -37,6 +37,7 @@ __all__ = [
     "RunDir",
     "MetricsLog",
     "METRICS_COLUMNS",
+    "RESUME_MAY_CHANGE",
     "RUN_FORMAT",
     "STATE_FORMAT",
     "recipe_differences",
@@ -55,6 +56,12 @@ METRICS_COLUMNS = [
     "val_split",
     "seconds",
 ]
+
+
+#: Recipe keys a resume may change: they cannot change what training computes.
+#: ``features.workers``: decode threads of ``fsar cache`` (training reads the cache, never the
+#: videos), whose default became ``auto``.
+RESUME_MAY_CHANGE = frozenset({"features.workers"})
 
 
 def recipe_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
@@ -175,7 +182,7 @@ class RunDir:
         except (yaml.YAMLError, RecipeError) as exc:
             raise TrainError(f"cannot resume: {self.resolved} is unreadable ({exc})") from None
         now = recipe_to_dict(recipe)
-        diff = recipe_differences(saved, now)
+        diff = [k for k in recipe_differences(saved, now) if k not in RESUME_MAY_CHANGE]
         if diff:
             shown = ", ".join(
                 f"{k} ({_lookup(saved, k)!r} in the run, {_lookup(now, k)!r} now)" for k in diff[:5]

@@ -23,7 +23,8 @@ from fsar_cli.data.frames import read_frames, sample_indices
 from fsar_cli.data.preprocess import crop_offset, preprocess_frames, view_rng
 from fsar_cli.encoders.clip import RANDOM_LABEL, Encoder, load_encoder
 from fsar_cli.errors import CacheError
-from fsar_cli.features.cache import CROP_MODES, cache_features, parse_shard
+from fsar_cli.features import cache as cache_module
+from fsar_cli.features.cache import CROP_MODES, cache_features, parse_shard, prefetch
 from fsar_cli.features.store import FeatureStore
 from fsar_cli.features.synthetic import synthetic_store
 from fsar_cli.recipe import Recipe, load_recipe
@@ -289,3 +290,23 @@ def test_workers_and_batch_size_do_not_change_results(
     cache_features(recipe, ("test",), encoder=encoder)
     other = FeatureStore.open(tmp_path / "cache-b5" / "test")
     np.testing.assert_allclose(other.features, ref.features, rtol=2e-3, atol=2e-3)
+
+
+def test_auto_workers_resolve_for_the_device(
+    reference: tuple[Path, Recipe],
+    encoder: Encoder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[int] = []
+
+    def spy(fn, rows, workers, ahead):  # type: ignore[no-untyped-def]
+        seen.append(workers)
+        return prefetch(fn, rows, workers, ahead)
+
+    monkeypatch.setattr(cache_module, "prefetch", spy)
+    recipe = load_recipe(_recipe(tmp_path, "auto", workers="auto"))
+    assert recipe.features.workers == "auto"
+    cache_features(recipe, ("test",), encoder=encoder)
+    assert seen == [2]  # auto on the CPU (tests/test_threads.py: on a GPU, the cores)
+    assert _files(tmp_path / "cache-auto" / "test") == _files(reference[0] / "cache-tiny" / "test")

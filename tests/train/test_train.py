@@ -187,6 +187,10 @@ def test_refuses_resume_with_a_changed_recipe(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
     with pytest.raises(TrainError, match="not a run folder"):
         meta_train(load_recipe(path), tmp_path / "elsewhere", resume=True)
+    # the cache's decode threads cannot change training: a resume may change them
+    faster = load_recipe(path, ["features.workers=7"])
+    result = meta_train(faster, tmp_path / "run", resume=True, max_steps=3)
+    assert result.resumed_from == 2
 
 
 @pytest.mark.parametrize("split", ["val", "train"])
