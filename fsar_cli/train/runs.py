@@ -59,8 +59,9 @@ METRICS_COLUMNS = [
 
 
 #: Recipe keys a resume may change: they cannot change what training computes.
-#: ``features.workers``: decode threads of ``fsar cache`` (training reads the cache, never the
-#: videos), whose default became ``auto``.
+#: ``features.workers``: decode threads of ``fsar cache`` and ``fsar predict``, which training never
+#: uses (frozen training reads the cache; fine-tuning decodes in ``train.workers`` processes); its
+#: default became ``auto``.
 RESUME_MAY_CHANGE = frozenset({"features.workers"})
 
 
