@@ -622,11 +622,11 @@ def predict(
         cfg = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, prompt=prompt))
     f = cfg.features
     bs = int(batch_size or f.batch_size)
-    nw = decode_workers(f.workers if workers is None else workers, device)
     if not isinstance(encoder, (str, type(None))):
         enc = encoder
     else:
         enc = load_predict_encoder(f.encoder, f.weights, device=device)
+    nw = decode_workers(f.workers if workers is None else workers, enc.device)  # where it encodes
     if stored is not None:  # another encoder is refused by name before anything else
         check_encoder(stored.identity, enc.describe(), where)
     if (

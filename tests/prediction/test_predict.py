@@ -31,6 +31,7 @@ from fsar_cli.prediction.classes_file import load_classes
 from fsar_cli.prediction.predictor import predict
 from fsar_cli.prediction.spotting import merge_runs, parse_span
 from fsar_cli.recipe import Recipe, recipe_from_dict
+from fsar_cli.threads import decode_workers
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 TINY = SHARED / "fixtures" / "ssv2_tiny"
@@ -206,6 +207,34 @@ def test_support_folder_and_failed_query(
         predict(qdir, support=bad, recipe=recipe, head="proto", encoder=encoder)
     with pytest.raises(DataError, match="one way"):
         predict(qdir, recipe=recipe, head="proto", encoder=encoder)
+
+
+def test_auto_decode_workers_follow_the_encoders_device(
+    tmp_path: Path,
+    cached: tuple[Path, Recipe],
+    encoder: Encoder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fsar_cli.prediction import predictor
+
+    _, recipe = cached
+    features = dataclasses.replace(recipe.features, workers="auto")
+    auto = dataclasses.replace(recipe, features=features)
+    seen: list[tuple[object, object, int]] = []
+
+    def spy(setting: object, device: object) -> int:
+        n = decode_workers(setting, device)
+        seen.append((setting, device, n))
+        return n
+
+    monkeypatch.setattr(predictor, "decode_workers", spy)
+    sup = tmp_path / "support"
+    for c, name in enumerate(NAMES[:2]):
+        shutil.copytree(TINY / "test" / f"test{c}" / _videos(c)[0], sup / name / _videos(c)[0])
+    table = predict(sup, support=sup, recipe=auto, head="proto", encoder=encoder)
+    assert table["status"].tolist() == ["ok", "ok"]
+    # resolved on the device the encoder runs on (not the `device` argument), as fsar cache does
+    assert seen == [("auto", encoder.device, 2)]
 
 
 def test_spotting_window_is_the_clip_of_its_frames(
